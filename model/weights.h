@@ -1,0 +1,47 @@
+// ModelWeights: the tensors of a Llama-family checkpoint, loaded from safetensors and checked against
+// the config (names and shapes), converted to the backend's compute dtype.
+//
+// Names are Hugging Face's: model.embed_tokens.weight, model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
+// (+ .bias for q/k/v when attention_bias), model.layers.{i}.mlp.{gate,up,down}_proj.weight,
+// model.layers.{i}.input_layernorm.weight, model.layers.{i}.post_attention_layernorm.weight,
+// model.norm.weight, lm_head.weight (absent when tie_word_embeddings). Linear weights are
+// [out_features, in_features] as in PyTorch.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace mnemo {
+
+struct LayerWeights {
+  Tensor q_proj, k_proj, v_proj, o_proj;  // [H*D, hidden], [Hkv*D, hidden] x2, [hidden, H*D]
+  Tensor q_bias, k_bias, v_bias;          // [H*D], [Hkv*D] x2; undefined without attention_bias
+  Tensor gate_proj, up_proj, down_proj;   // [inter, hidden] x2, [hidden, inter]
+  Tensor input_norm, post_attention_norm; // [hidden]
+};
+
+struct ModelWeights {
+  Tensor embed_tokens;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;    // [hidden]
+  Tensor lm_head;       // [vocab, hidden]; shares storage with embed_tokens when tied
+};
+
+struct LoadWeightsOptions {
+  DType dtype = DType::kF32;  // compute dtype of the loaded tensors. Default: f32 (CPU backend)
+};
+
+// Loads DIR/model.safetensors or the shards listed in DIR/model.safetensors.index.json.
+// Errors name the file and tensor: missing tensor, shape mismatch (expected vs got), unsupported
+// dtype, truncated file, malformed header. Unexpected extra tensors are logged as warnings.
+Result<ModelWeights> load_model_weights(const std::string& model_dir, const ModelConfig& config,
+                                        const LoadWeightsOptions& options = {});
+
+// Deterministic random weights for benchmarks and tests of shapes without a checkpoint
+// (normal(0, std) for matrices, 1 + small noise for norms).
+ModelWeights random_model_weights(const ModelConfig& config, uint64_t seed, float std = 0.02f);
+
+}  // namespace mnemo
