@@ -1,0 +1,121 @@
+// CPU reference of dense causal attention over paged KV (see attention/dense.h).
+//
+// Per kv head: keys of the visible range are rotated once into a scratch buffer, then query rows are
+// processed in parallel, each visiting blocks in order with an online softmax. The visiting order is
+// fixed (block 0 upward), so results do not depend on where blocks live or how many threads run.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention/dense.h"
+
+namespace mnemo {
+
+Status validate(const DenseAttentionParams& p) {
+  const PagedKv& kv = p.kv;
+  if (!p.q || !p.q_index || !p.out) return invalid_argument("dense attention: q, q_index and out must be set");
+  if (!kv.arena || !kv.block_table) return invalid_argument("dense attention: kv.arena and kv.block_table must be set");
+  if (p.num_heads <= 0 || kv.num_kv_heads <= 0 || p.num_heads % kv.num_kv_heads != 0) {
+    return invalid_argument("dense attention: num_heads (", p.num_heads,
+                            ") must be a positive multiple of num_kv_heads (", kv.num_kv_heads, ")");
+  }
+  if (kv.head_dim <= 0 || kv.head_dim % 2 != 0) {
+    return invalid_argument("dense attention: head_dim must be positive and even, got ", kv.head_dim);
+  }
+  if (kv.kv_len > kv.num_blocks * kv.block_tokens) {
+    return invalid_argument("dense attention: kv_len ", kv.kv_len, " exceeds num_blocks ", kv.num_blocks,
+                            " x block_tokens ", kv.block_tokens);
+  }
+  if (p.key_rope) {
+    if (p.key_rope->rope().head_dim() != kv.head_dim) {
+      return invalid_argument("dense attention: key_rope head_dim: expected ", kv.head_dim, ", got ",
+                              p.key_rope->rope().head_dim());
+    }
+    if (p.key_rope->size() < kv.kv_len) {
+      return invalid_argument("dense attention: key_rope table covers ", p.key_rope->size(),
+                              " positions, kv_len is ", kv.kv_len);
+    }
+  }
+  for (int64_t i = 0; i < p.num_q; ++i) {
+    if (p.q_index[i] < 0 || p.q_index[i] >= kv.kv_len) {
+      return invalid_argument("dense attention: q_index[", i, "] = ", p.q_index[i],
+                              ": expected in [0, kv_len = ", kv.kv_len, ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Status dense_attention_cpu(const DenseAttentionParams& p) {
+  MNEMO_RETURN_IF_ERROR(validate(p));
+  const PagedKv& kv = p.kv;
+  const int64_t d = kv.head_dim;
+  const int64_t bt = kv.block_tokens;
+  const int group = p.num_heads / kv.num_kv_heads;
+  int64_t max_index = 0;
+  for (int64_t i = 0; i < p.num_q; ++i) max_index = std::max(max_index, p.q_index[i]);
+  const int64_t visible = max_index + 1;  // keys any query of the chunk can see
+  std::vector<float> keys(static_cast<size_t>(visible * d));
+
+  for (int g = 0; g < kv.num_kv_heads; ++g) {
+    // Gather (and rotate) keys [0, visible) of kv head g.
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < (visible + bt - 1) / bt; ++b) {
+      const float* src = kv.k_block(b, g);
+      const int64_t n = std::min(bt, visible - b * bt);
+      for (int64_t t = 0; t < n; ++t) {
+        float* dst = keys.data() + (b * bt + t) * d;
+        std::copy(src + t * d, src + (t + 1) * d, dst);
+        if (p.key_rope) p.key_rope->apply(b * bt + t, dst);
+      }
+    }
+#pragma omp parallel
+    {
+      std::vector<float> scores(static_cast<size_t>(bt));
+#pragma omp for collapse(2) schedule(dynamic, 4)
+      for (int64_t i = 0; i < p.num_q; ++i) {
+        for (int hh = 0; hh < group; ++hh) {
+          const int h = g * group + hh;
+          const float* q = p.q + (i * p.num_heads + h) * d;
+          float* out = p.out + (i * p.num_heads + h) * d;
+          std::fill(out, out + d, 0.0f);
+          float m = -std::numeric_limits<float>::infinity();
+          float l = 0.0f;
+          const int64_t len = p.q_index[i] + 1;
+          for (int64_t b = 0; b * bt < len; ++b) {
+            const int64_t n = std::min(bt, len - b * bt);
+            float block_max = -std::numeric_limits<float>::infinity();
+            for (int64_t t = 0; t < n; ++t) {
+              const float* k = keys.data() + (b * bt + t) * d;
+              float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+              for (int64_t e = 0; e < d; ++e) s += q[e] * k[e];
+              s *= p.softmax_scale;
+              scores[t] = s;
+              block_max = std::max(block_max, s);
+            }
+            const float m_new = std::max(m, block_max);
+            const float correction = std::exp(m - m_new);  // exp(-inf) = 0 on the first block
+            l *= correction;
+            for (int64_t e = 0; e < d; ++e) out[e] *= correction;
+            const float* v = kv.v_block(b, g);
+            for (int64_t t = 0; t < n; ++t) {
+              const float w = std::exp(scores[t] - m_new);
+              l += w;
+              const float* vt = v + t * d;
+#pragma omp simd
+              for (int64_t e = 0; e < d; ++e) out[e] += w * vt[e];
+            }
+            m = m_new;
+          }
+          const float inv = 1.0f / l;
+          for (int64_t e = 0; e < d; ++e) out[e] *= inv;
+          if (p.lse) p.lse[i * p.num_heads + h] = m + std::log(l);
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace mnemo
