@@ -1,0 +1,73 @@
+// The Llama-family transformer forward (Llama, Mistral, Qwen2, MiniCPM/MiniCPM4) over blocked KV.
+//
+// A Sequence is a stream of tokens whose K/V live in blocks of an arena reached through block tables
+// (memory/kv_cache.h). `forward` appends a chunk of tokens — a prefill chunk or one decode token —
+// and returns logits. Any chunking gives the same logits as one call over the whole stream, except for
+// length-dependent ropes (dynamic NTK, longrope) whose frequencies follow the stream's current length.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "memory/kv_cache.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mnemo {
+
+struct ModelOptions {
+  // KV arena budget in tokens per sequence-slot set: the arena holds this many tokens for every layer,
+  // shared by all sequences of the model. Default: 65536 tokens.
+  int64_t kv_budget_tokens = 65536;
+  // Tokens per KV block. Default: 64 (the sparse_config block_size when the model has one).
+  int block_tokens = 64;
+  // Largest prefill chunk run at once; longer inputs are split. Default: 2048.
+  int64_t chunk_tokens = 2048;
+};
+
+class Sequence;
+
+class LlamaModel {
+ public:
+  static Result<std::unique_ptr<LlamaModel>> load(const std::string& model_dir, const ModelOptions& options = {});
+  static Result<std::unique_ptr<LlamaModel>> from_weights(ModelConfig config, ModelWeights weights,
+                                                          const ModelOptions& options = {});
+  ~LlamaModel();
+
+  const ModelConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+
+  Result<std::unique_ptr<Sequence>> new_sequence();
+
+  // Appends `tokens` to `seq` and writes logits to `logits`: [tokens.size(), vocab] when `all_logits`,
+  // else [1, vocab] for the last token. On error the sequence is unchanged (its length is not advanced).
+  Status forward(Sequence& seq, std::span<const int32_t> tokens, Tensor* logits, bool all_logits = false);
+
+ private:
+  struct Impl;
+  LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvArena> arena);
+  Status forward_chunk(Sequence& seq, std::span<const int32_t> tokens, float* logits, bool all_logits);
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  ModelOptions options_;
+  std::unique_ptr<KvArena> arena_;
+};
+
+// One token stream's state: its KV blocks and length.
+class Sequence {
+ public:
+  int64_t length() const { return kv_.length(); }
+  const SequenceKv& kv() const { return kv_; }
+
+ private:
+  friend class LlamaModel;
+  explicit Sequence(KvArena* arena) : kv_(arena) {}
+  SequenceKv kv_;
+};
+
+}  // namespace mnemo

@@ -1,0 +1,65 @@
+#include "runtime/cli/model_flags.h"
+
+#include "core/file.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+#ifndef MNEMO_SOURCE_DIR
+#define MNEMO_SOURCE_DIR "."
+#endif
+
+namespace mnemo::cli {
+
+std::string default_model_dir() { return std::string(MNEMO_SOURCE_DIR) + "/models/tiny"; }
+
+std::vector<FlagSpec> model_flag_specs() {
+  return {
+      {"model", "DIR", "Hugging Face model folder (config.json, *.safetensors, tokenizer.model)",
+       "the bundled models/tiny"},
+      {"random-weights", "CONFIG.json", "use random weights of this config instead of a checkpoint", ""},
+      {"seed-weights", "N", "seed of --random-weights", "0"},
+      {"tokenizer", "PATH", "tokenizer.model or its folder (default: the model folder)", ""},
+      {"device", "NAME", "cpu or cuda[:N]", "cpu"},
+      {"kv-budget-tokens", "N", "KV cache capacity in tokens", "65536"},
+      {"chunk-tokens", "N", "largest prefill chunk", "2048"},
+  };
+}
+
+Result<LoadedModel> load_model_from_flags(const Flags& flags, bool need_tokenizer) {
+  MNEMO_ASSIGN_OR_RETURN(Device device, parse_device(flags.get("device", "cpu")));
+  if (!device.is_cpu()) {
+    return unimplemented("--device ", device.to_string(), ": the CUDA backend is not available yet (CPU only)");
+  }
+  ModelOptions options;
+  MNEMO_ASSIGN_OR_RETURN(options.kv_budget_tokens, flags.get_int("kv-budget-tokens", 65536, 64, int64_t{1} << 40));
+  MNEMO_ASSIGN_OR_RETURN(options.chunk_tokens, flags.get_int("chunk-tokens", 2048, 1, int64_t{1} << 30));
+  LoadedModel out;
+  std::string tokenizer_path = flags.get("tokenizer");
+  if (flags.has("random-weights")) {
+    if (flags.has("model")) return invalid_argument("--model and --random-weights are mutually exclusive");
+    const std::string path = flags.get("random-weights");
+    MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(path));
+    MNEMO_ASSIGN_OR_RETURN(ModelConfig config, parse_model_config(text, path));
+    MNEMO_ASSIGN_OR_RETURN(int64_t seed, flags.get_int("seed-weights", 0, 0, INT64_MAX));
+    ModelWeights weights = random_model_weights(config, static_cast<uint64_t>(seed));
+    MNEMO_ASSIGN_OR_RETURN(out.model, LlamaModel::from_weights(std::move(config), std::move(weights), options));
+    out.source = "random weights of " + path;
+  } else {
+    const std::string dir = flags.get("model", default_model_dir());
+    if (!is_directory(dir)) {
+      return not_found("model directory '", dir, "' does not exist",
+                       flags.has("model") ? "" : " (the bundled default; run from a full checkout)");
+    }
+    MNEMO_ASSIGN_OR_RETURN(out.model, LlamaModel::load(dir, options));
+    out.source = dir;
+    if (tokenizer_path.empty()) tokenizer_path = dir;
+  }
+  if (!tokenizer_path.empty()) {
+    MNEMO_ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::load(tokenizer_path));
+  } else if (need_tokenizer) {
+    return invalid_argument("--random-weights has no tokenizer: pass --tokenizer PATH (or --tokens for logits)");
+  }
+  return out;
+}
+
+}  // namespace mnemo::cli
