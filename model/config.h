@@ -22,13 +22,16 @@ enum class RopeScalingType : uint8_t { kNone, kLinear, kDynamic, kLlama3, kLongR
 
 struct RopeScaling {
   RopeScalingType type = RopeScalingType::kNone;
-  double factor = 1.0;                          // linear, dynamic, llama3, yarn
+  double factor = 1.0;                          // linear, dynamic, llama3, yarn; longrope: given,
+                                                // else max_position_embeddings / original
   double low_freq_factor = 1.0;                 // llama3
   double high_freq_factor = 4.0;                // llama3
-  int64_t original_max_position_embeddings = 0; // llama3, longrope, yarn (0: absent)
+  int64_t original_max_position_embeddings = 0; // llama3, longrope (always set), yarn (0: absent)
   std::vector<double> short_factor;             // longrope, head_dim/2 entries
   std::vector<double> long_factor;              // longrope, head_dim/2 entries
   std::optional<double> attention_factor;       // longrope / yarn override of the cos/sin scale
+  double beta_fast = 32.0;                      // yarn
+  double beta_slow = 1.0;                       // yarn
 };
 
 // InfLLM-V2 block-sparse attention parameters (MiniCPM4's `sparse_config`, same keys).
@@ -59,8 +62,10 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;      // q/k/v bias (true for Qwen2)
+  bool attention_output_bias = false;  // o_proj bias: Llama/MiniCPM's attention_bias; never Qwen2
   bool mlp_bias = false;
   std::string hidden_act = "silu";
+  int64_t sliding_window = 0;       // 0: none. Mistral's; Qwen2's only with use_sliding_window
   // MiniCPM scaling (1.0 / absent for other families).
   double scale_emb = 1.0;           // embeddings *= scale_emb
   double scale_depth = 0.0;         // residual branch *= scale_depth / sqrt(num_hidden_layers) when > 0
@@ -79,6 +84,11 @@ struct ModelConfig {
 // Parses config.json text; `path` only names the file in messages.
 Result<ModelConfig> parse_model_config(const std::string& json_text, const std::string& path);
 // Reads DIR/config.json (and DIR/generation_config.json, tokenizer_config.json for BOS/EOS if present).
+// BOS: the first of config.json, generation_config.json, tokenizer_config.json (bos_token resolved
+// through its added_tokens_decoder) that names one, else the family default. EOS: config.json's
+// ids, then generation_config.json's not already listed (generate() stops on those: Llama 3's
+// <|eot_id|>, Qwen2's <|im_end|>); tokenizer_config.json, then the family default, only when
+// neither has any. Missing directory or config.json: NotFound; a malformed optional file: error.
 Result<ModelConfig> load_model_config(const std::string& model_dir);
 // Parses a sparse_config JSON object (the same keys as MiniCPM4's), e.g. for --sparse-config FILE.
 Result<SparseConfig> parse_sparse_config(const std::string& json_text, const std::string& path);

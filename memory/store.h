@@ -1,0 +1,125 @@
+// KvStore: where the KV blocks of every sequence live — GPU tier, host tier, disk tier (RocksDB) —
+// and how a step gets the blocks it needs into GPU slots.
+//
+// Vocabulary (DESIGN.md): a *block* is block_tokens tokens of one layer of one sequence (K and V of
+// all kv heads, the slot layout of kv_cache.h). The *open block* is the last, partially written block
+// of a layer; once full it is *sealed* and immutable forever, so any tier may hold a copy and a copy
+// is never written back. A *slot* is a place for one block in a tier's arena.
+//
+// Tiers and budgets:
+//   GPU  : an arena of `gpu_budget_bytes / slot_bytes` slots (a separate host arena on CPU builds, so
+//          tiering runs and is tested everywhere). Holds open blocks, pinned blocks of the step in
+//          flight, and a cache of sealed blocks (CLOCK with a selection-frequency hint).
+//   host : an arena of `host_budget_bytes / slot_bytes` slots (pinned memory on CUDA builds). Every
+//          sealed block gets a host copy when sealed (the mover copies it in the background).
+//   disk : RocksDB at `data_dir` (optional). Column families kv, repr, meta; keys big-endian
+//          sequence | layer | block so a sequence is one key range. Sealed blocks are written behind
+//          from host; a host copy may be dropped once its disk copy is durable.
+// A budget is never exceeded: when a request cannot be met (everything pinned, host full with no disk)
+// the call fails with kOutOfBudget and leaves the store as it was.
+//
+// Two-phase step access (STYLE.md §4): acquire() plans and performs the loads for a set of blocks
+// and pins them; the caller reads the returned slots; release() unpins. Hits stay in place; only
+// misses are loaded, in one batch per tier.
+//
+// Thread-safety: one thread (the engine's step loop) calls the store; the background writer is
+// internal.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "memory/kv_cache.h"
+
+namespace mnemo {
+
+using SequenceId = uint64_t;
+
+struct KvStoreOptions {
+  KvLayout layout;                 // shape of one block (layers, kv heads, block_tokens, head_dim)
+  int64_t gpu_budget_bytes = 0;    // GPU tier bytes. Default: 0 = derive from gpu_budget_tokens
+  int64_t gpu_budget_tokens = 65536;  // used when gpu_budget_bytes is 0: this many tokens of every layer
+  int64_t host_budget_bytes = int64_t{8} << 30;  // host tier bytes. Default: 8 GiB
+  std::string data_dir;            // RocksDB directory; empty = no disk tier. Default: empty
+  bool sync_writes = false;        // fsync every disk write (WAL sync). Default: false (WAL on, no fsync)
+  // The model's identity (architecture, shapes, dtype, rope settings, weights hash). A data_dir
+  // written under another fingerprint is refused with an error naming both. Default: empty = unchecked.
+  std::string fingerprint;
+};
+
+struct KvStoreMetrics {
+  int64_t gpu_hits = 0, gpu_misses = 0;   // blocks requested by acquire(): resident vs loaded
+  int64_t host_hits = 0, disk_reads = 0;  // where the misses came from
+  int64_t bytes_host_to_gpu = 0, bytes_disk_to_host = 0, bytes_gpu_to_host = 0, bytes_host_to_disk = 0;
+  int64_t gpu_evictions = 0, host_evictions = 0;
+  double stall_seconds = 0;               // time acquire() spent waiting for loads
+  int64_t gpu_slots_used = 0, gpu_slots_total = 0;
+  int64_t host_slots_used = 0, host_slots_total = 0;
+  int64_t disk_blocks = 0;
+};
+
+class KvStore {
+ public:
+  static Result<std::unique_ptr<KvStore>> open(const KvStoreOptions& options);
+  virtual ~KvStore() = default;
+
+  virtual const KvLayout& layout() const = 0;
+
+  // Sequences. Ids are chosen by the caller (the runtime's session ids) and must be unique.
+  virtual Status create_sequence(SequenceId seq) = 0;
+  // Drops every block of the sequence from every tier (a range delete on disk).
+  virtual Status drop_sequence(SequenceId seq) = 0;
+  // Copy-on-write fork: `child` shares every sealed block of `parent` (refcounted, no block copies);
+  // the open blocks are copied. Both continue independently.
+  virtual Status fork_sequence(SequenceId parent, SequenceId child) = 0;
+  // After reopening a data_dir: the sequences with durable blocks.
+  virtual Result<std::vector<SequenceId>> list_sequences() = 0;
+  // After reopening a data_dir: registers `seq` with its durable sealed blocks (disk tier only) and
+  // returns the tokens they cover (a whole number of blocks, the longest prefix durable in every
+  // layer). The caller recomputes the rest from its token log.
+  virtual Result<int64_t> recover_sequence(SequenceId seq) = 0;
+  // Tokens written so far (all layers agree after each forward).
+  virtual Result<int64_t> length(SequenceId seq) const = 0;
+
+  // Makes room to write tokens [length, new_len) in every layer: open blocks on the GPU tier,
+  // sealing the blocks that fill up. All-or-nothing.
+  virtual Status reserve(SequenceId seq, int64_t new_len) = 0;
+  // Rows of token t (in [length, new_len) after reserve) for writing: [head_dim] floats.
+  virtual float* k_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
+  virtual float* v_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
+  // Marks tokens up to new_len as written; seals every block that is now full (copy to host,
+  // write-behind to disk).
+  virtual Status commit(SequenceId seq, int64_t new_len) = 0;
+
+  // Pins `blocks` (logical block indices of `layer`, any order, no duplicates) in GPU slots, loading
+  // misses from host or disk. `slots` receives one slot per requested block, in request order.
+  // On error nothing stays pinned and no resident block was dropped.
+  virtual Status acquire(SequenceId seq, int layer, std::span<const int64_t> blocks,
+                         std::vector<int32_t>* slots) = 0;
+  // Unpins every block pinned by acquire() since the last release (one step's worth).
+  virtual void release_all() = 0;
+
+  // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] floats.
+  virtual const float* gpu_arena() const = 0;
+
+  // Blocks until write-behind has made every sealed block durable on disk (no-op without data_dir).
+  virtual Status flush() = 0;
+
+  virtual KvStoreMetrics metrics() const = 0;
+
+  // Small metadata records in the `meta` column family (session state, token logs), durable once
+  // the call returns when `sync` (WAL fsync). Without data_dir they live in memory.
+  virtual Status put_meta(const std::string& key, const std::string& value, bool sync) = 0;
+  virtual Result<std::string> get_meta(const std::string& key) const = 0;  // kNotFound when absent
+  virtual Status delete_meta(const std::string& key) = 0;
+  // Visits every record whose key starts with `prefix`, in key order.
+  virtual Status scan_meta(const std::string& prefix,
+                           const std::function<void(const std::string& key, const std::string& value)>& fn) const = 0;
+};
+
+}  // namespace mnemo
