@@ -2,7 +2,7 @@
 // (a prefill chunk or one decode token per sequence).
 //
 // For query i with stream index t_i and head h (kv head g = h / (num_heads / num_kv_heads)):
-//   s_j = softmax_scale * <q_i,h , rope(k_j,g, j)>   for j <= t_i
+//   s_j = softmax_scale * <q_i,h , rope(k_j,g, j)>   for j <= t_i (and j > t_i - W with a sliding window W)
 //   out_i,h = sum_j softmax(s)_j v_j,g,   lse_i,h = log sum_j exp(s_j)
 // Keys are rotated at their own index j (the `exact` position policy); queries arrive rotated.
 // No N x N matrix: keys are visited block by block with an online softmax (running max and sum).
@@ -24,6 +24,7 @@ struct DenseAttentionParams {
   PagedKv kv;                      // num_kv_heads must divide num_heads
   const RopeTable* key_rope = nullptr;  // rotates keys as loaded (size >= kv_len); null: as stored
   float softmax_scale = 0.0f;
+  int64_t sliding_window = 0;      // > 0: query t sees only keys j > t - sliding_window (Mistral)
   float* out = nullptr;            // [num_q, num_heads, head_dim]
   float* lse = nullptr;            // [num_q, num_heads] natural log; may be null
 };

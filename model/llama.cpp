@@ -125,17 +125,18 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
     p.kv.num_blocks = static_cast<int64_t>(blocks.size());
     p.kv.kv_len = new_len;
     p.key_rope = &table;
+    p.sliding_window = c.sliding_window;
     p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
     p.out = attn.data();
     MNEMO_RETURN_IF_ERROR(dense_attention_cpu(p));
-    cpu::linear(attn.data(), w.o_proj.data<float>(), nullptr, o.data(), n, heads * d, hidden);
+    cpu::linear(attn.data(), w.o_proj.data<float>(), ptr(w.o_bias), o.data(), n, heads * d, hidden);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += o[i] * res_scale;
 
     cpu::rms_norm(x.data(), w.post_attention_norm.data<float>(), h.data(), n, hidden, eps);
-    cpu::linear(h.data(), w.gate_proj.data<float>(), nullptr, gate.data(), n, hidden, inter);
-    cpu::linear(h.data(), w.up_proj.data<float>(), nullptr, up.data(), n, hidden, inter);
+    cpu::linear(h.data(), w.gate_proj.data<float>(), ptr(w.gate_bias), gate.data(), n, hidden, inter);
+    cpu::linear(h.data(), w.up_proj.data<float>(), ptr(w.up_bias), up.data(), n, hidden, inter);
     cpu::silu_mul(gate.data(), up.data(), n, inter);
-    cpu::linear(gate.data(), w.down_proj.data<float>(), nullptr, o.data(), n, inter, hidden);
+    cpu::linear(gate.data(), w.down_proj.data<float>(), ptr(w.down_bias), o.data(), n, inter, hidden);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += o[i] * res_scale;
   }
 

@@ -82,10 +82,12 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
           float m = -std::numeric_limits<float>::infinity();
           float l = 0.0f;
           const int64_t len = p.q_index[i] + 1;
-          for (int64_t b = 0; b * bt < len; ++b) {
+          const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, len - p.sliding_window) : 0;
+          for (int64_t b = first / bt; b * bt < len; ++b) {
             const int64_t n = std::min(bt, len - b * bt);
+            const int64_t t0 = std::max<int64_t>(0, first - b * bt);  // keys before the window
             float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t t = 0; t < n; ++t) {
+            for (int64_t t = t0; t < n; ++t) {
               const float* k = keys.data() + (b * bt + t) * d;
               float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -99,7 +101,7 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
             l *= correction;
             for (int64_t e = 0; e < d; ++e) out[e] *= correction;
             const float* v = kv.v_block(b, g);
-            for (int64_t t = 0; t < n; ++t) {
+            for (int64_t t = t0; t < n; ++t) {
               const float w = std::exp(scores[t] - m_new);
               l += w;
               const float* vt = v + t * d;

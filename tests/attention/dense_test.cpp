@@ -14,6 +14,7 @@ namespace {
 struct Case {
   int num_heads, num_kv_heads, head_dim, block_tokens;
   int64_t kv_len, num_q;
+  int64_t window = 0;  // sliding window; 0 = none
 };
 
 // Reference: rotate keys at their index, scores in double, full softmax.
@@ -28,9 +29,10 @@ void reference(const DenseAttentionParams& p, const std::vector<float>& k_flat, 
     for (int h = 0; h < p.num_heads; ++h) {
       const int g = h / group;
       const float* q = p.q + (i * p.num_heads + h) * d;
-      std::vector<double> s(p.q_index[i] + 1);
+      std::vector<double> s(p.q_index[i] + 1, -INFINITY);
       double mx = -1e300;
-      for (int64_t j = 0; j <= p.q_index[i]; ++j) {
+      const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, p.q_index[i] - p.sliding_window + 1) : 0;
+      for (int64_t j = first; j <= p.q_index[i]; ++j) {
         std::vector<float> k(k_flat.begin() + (j * p.kv.num_kv_heads + g) * d,
                              k_flat.begin() + (j * p.kv.num_kv_heads + g + 1) * d);
         rope_apply(rope, j, k.data());
@@ -41,7 +43,7 @@ void reference(const DenseAttentionParams& p, const std::vector<float>& k_flat, 
       }
       double sum = 0;
       for (double& x : s) sum += (x = std::exp(x - mx));
-      for (int64_t j = 0; j <= p.q_index[i]; ++j) {
+      for (int64_t j = first; j <= p.q_index[i]; ++j) {
         for (int64_t e = 0; e < d; ++e) {
           (*out)[(i * p.num_heads + h) * d + e] += s[j] / sum * v_flat[(j * p.kv.num_kv_heads + g) * d + e];
         }
@@ -104,6 +106,7 @@ TEST_P(DenseAttention, MatchesDoubleReferenceOnShuffledSlots) {
   p.kv = kv;
   p.key_rope = &table_rope;
   p.softmax_scale = 1.0f / std::sqrt(float(d));
+  p.sliding_window = c.window;
   p.out = out.data();
   p.lse = lse.data();
   ASSERT_TRUE(dense_attention_cpu(p).ok());
@@ -120,7 +123,8 @@ INSTANTIATE_TEST_SUITE_P(AwkwardSizes, DenseAttention,
                          testing::Values(Case{4, 2, 16, 64, 1, 1}, Case{4, 2, 16, 64, 63, 63},
                                          Case{8, 2, 64, 64, 64, 5}, Case{8, 8, 32, 64, 65, 65},
                                          Case{6, 3, 128, 64, 129, 1}, Case{16, 1, 64, 16, 257, 40},
-                                         Case{4, 4, 64, 64, 300, 300}));
+                                         Case{4, 4, 64, 64, 300, 300}, Case{4, 2, 32, 64, 300, 70, 100},
+                                         Case{4, 2, 32, 16, 200, 3, 1}));
 
 TEST(DenseAttentionValidate, RejectsHeadsNotAMultipleOfKvHeads) {
   float dummy = 0;
