@@ -64,6 +64,19 @@ Status SequenceKv::reserve(int64_t tokens) {
   return Status::Ok();
 }
 
+Status SequenceKv::copy_from(const SequenceKv& other) {
+  if (other.arena_ != arena_) return invalid_argument("SequenceKv::copy_from: sequences of different arenas");
+  MNEMO_RETURN_IF_ERROR(reserve(other.length_));
+  const int64_t blocks = (other.length_ + arena_->layout().block_tokens - 1) / arena_->layout().block_tokens;
+  for (size_t l = 0; l < tables_.size(); ++l) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      std::copy_n(other.arena_->slot(other.tables_[l][b]), arena_->layout().slot_floats(), arena_->slot(tables_[l][b]));
+    }
+  }
+  length_ = other.length_;
+  return Status::Ok();
+}
+
 float* SequenceKv::k_row(int layer, int64_t t, int h) {
   const KvLayout& l = arena_->layout();
   float* slot = arena_->slot(tables_[layer][t / l.block_tokens]);

@@ -61,6 +61,9 @@ class SequenceKv {
   // Ensures blocks exist for tokens [0, tokens) in every layer. All-or-nothing: on kOutOfBudget no
   // slot was taken and the sequence is unchanged.
   Status reserve(int64_t tokens);
+  // Makes this (empty) sequence a copy of `other`: same length, blocks copied into new slots.
+  // All-or-nothing on kOutOfBudget.
+  Status copy_from(const SequenceKv& other);
   // Number of tokens whose K/V are written (set by the model after a forward).
   int64_t length() const { return length_; }
   void set_length(int64_t tokens) { length_ = tokens; }

@@ -46,6 +46,12 @@ Result<std::unique_ptr<Sequence>> LlamaModel::new_sequence() {
   return std::unique_ptr<Sequence>(new Sequence(arena_.get()));
 }
 
+Result<std::unique_ptr<Sequence>> LlamaModel::fork_sequence(const Sequence& parent) {
+  auto child = std::unique_ptr<Sequence>(new Sequence(arena_.get()));
+  MNEMO_RETURN_IF_ERROR(child->kv_.copy_from(parent.kv_));
+  return child;
+}
+
 Status LlamaModel::forward(Sequence& seq, std::span<const int32_t> tokens, Tensor* logits, bool all_logits) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return invalid_argument("forward: no tokens given");

@@ -42,6 +42,9 @@ class LlamaModel {
   const ModelOptions& options() const { return options_; }
 
   Result<std::unique_ptr<Sequence>> new_sequence();
+  // A new sequence holding the same tokens' KV as `parent` (blocks copied; copy-on-write sharing comes
+  // with the tiered store).
+  Result<std::unique_ptr<Sequence>> fork_sequence(const Sequence& parent);
 
   // Appends `tokens` to `seq` and writes logits to `logits`: [tokens.size(), vocab] when `all_logits`,
   // else [1, vocab] for the last token. On error the sequence is unchanged (its length is not advanced).

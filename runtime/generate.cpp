@@ -5,7 +5,7 @@
 namespace mnemo {
 
 Result<std::vector<int32_t>> generate(LlamaModel& model, Sequence& seq, std::span<const int32_t> prompt,
-                                      const GenerateOptions& options, const TokenCallback& on_token) {
+                                      const GenerateOptions& options, const GenerateTokenFn& on_token) {
   MNEMO_RETURN_IF_ERROR(options.sampling.validate());
   if (prompt.empty()) return invalid_argument("generate: the prompt has no tokens");
   Sampler sampler(options.sampling);

@@ -20,10 +20,10 @@ struct GenerateOptions {
 };
 
 // Called for every generated token; return false to stop early.
-using TokenCallback = std::function<bool(int32_t token)>;
+using GenerateTokenFn = std::function<bool(int32_t token)>;
 
 // Appends `prompt` to `seq`, then generates. Returns the generated ids (without a stop token).
 Result<std::vector<int32_t>> generate(LlamaModel& model, Sequence& seq, std::span<const int32_t> prompt,
-                                      const GenerateOptions& options, const TokenCallback& on_token);
+                                      const GenerateOptions& options, const GenerateTokenFn& on_token);
 
 }  // namespace mnemo

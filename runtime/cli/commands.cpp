@@ -91,7 +91,9 @@ Status run_command(const std::vector<std::string>& args) {
     for (int32_t id : tok.eos_ids()) options.stop_token_ids.push_back(id);
   }
   MNEMO_ASSIGN_OR_RETURN(auto seq, m.model->new_sequence());
-  StreamDecoder decoder(tok);
+  DecodeOptions decode_options;
+  decode_options.continuation = true;  // the prompt was printed: a leading space is real
+  StreamDecoder decoder(tok, decode_options);
   std::fputs(f.get("prompt").c_str(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();

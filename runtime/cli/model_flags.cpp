@@ -52,7 +52,8 @@ Result<LoadedModel> load_model_from_flags(const Flags& flags, bool need_tokenize
     }
     MNEMO_ASSIGN_OR_RETURN(out.model, LlamaModel::load(dir, options));
     out.source = dir;
-    if (tokenizer_path.empty()) tokenizer_path = dir;
+    // The model folder's tokenizer, when a command needs one or the folder has one.
+    if (tokenizer_path.empty() && (need_tokenizer || file_exists(dir + "/tokenizer.model"))) tokenizer_path = dir;
   }
   if (!tokenizer_path.empty()) {
     MNEMO_ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::load(tokenizer_path));

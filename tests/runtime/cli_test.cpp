@@ -2,6 +2,7 @@
 // the flag, and `logits` writes what the forward pass computes.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "core/file.h"

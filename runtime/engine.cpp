@@ -1,0 +1,198 @@
+// The engine: one thread runs every model step for every session (runtime/runtime.h's contract).
+//
+// A step: run control tasks (fork), plan work with the scheduler (decode tokens first, then prefill
+// chunks), run the model outside the lock, then apply results under the lock — advance prefill,
+// sample, stream tokens, finish generations. User callbacks and promise completions are collected
+// and run after the lock is released, so a callback may call back into its session.
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <sstream>
+
+#include "runtime/session.h"
+
+namespace mnemo {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "?";
+}
+
+Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
+  if (options.positions == PositionPolicy::kBounded) {
+    return unimplemented("the bounded position policy is not available yet (TODO(#6)); use exact");
+  }
+  if (!options.data_dir.empty()) {
+    return unimplemented("persistent sessions (data_dir) are not available yet (TODO(#6))");
+  }
+  if (options.chunk_tokens <= 0 || options.max_batch_tokens <= 0) {
+    return invalid_argument("RuntimeOptions: chunk_tokens and max_batch_tokens must be positive");
+  }
+  const std::string dir = options.model_dir.empty() ? std::string(MNEMO_SOURCE_DIR "/models/tiny") : options.model_dir;
+  MNEMO_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(dir));
+  const int64_t token_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;
+  ModelOptions model_options;
+  model_options.chunk_tokens = options.chunk_tokens;
+  model_options.kv_budget_tokens = std::max<int64_t>(64, options.gpu_kv_budget_bytes / token_bytes);
+  MNEMO_ASSIGN_OR_RETURN(auto model, LlamaModel::load(dir, model_options));
+  TokenizerOptions tok_options;
+  if (!config.bos_token_ids.empty()) tok_options.bos_id = config.bos_token_ids[0];
+  tok_options.eos_ids = config.eos_token_ids;
+  MNEMO_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::load(dir, tok_options));
+  return std::unique_ptr<Runtime>(new RuntimeImpl(options, std::move(model), std::move(tokenizer)));
+}
+
+RuntimeImpl::RuntimeImpl(RuntimeOptions options, std::unique_ptr<LlamaModel> model,
+                         std::unique_ptr<Tokenizer> tokenizer)
+    : options_(std::move(options)), model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+  for (int64_t id : model_->config().eos_token_ids) stop_ids_.push_back(static_cast<int32_t>(id));
+  for (int32_t id : tokenizer_->eos_ids()) stop_ids_.push_back(id);
+  thread_ = std::thread([this] { loop(); });
+}
+
+RuntimeImpl::~RuntimeImpl() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    for (auto& [id, s] : sessions_) {
+      if (s->gen_) s->cancel_ = true;
+    }
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::string RuntimeImpl::fresh_id_locked() {
+  std::string id;
+  do {
+    id = "s";
+    id += std::to_string(next_id_++);
+  } while (sessions_.count(id));
+  return id;
+}
+
+Result<std::shared_ptr<Session>> RuntimeImpl::create_session(std::string id) {
+  MNEMO_ASSIGN_OR_RETURN(auto seq, model_->new_sequence());
+  std::lock_guard<std::mutex> lock(mu_);
+  if (id.empty()) id = fresh_id_locked();
+  if (sessions_.count(id)) return invalid_argument("session '", id, "' already exists");
+  auto s = std::make_shared<SessionImpl>(this, id, std::move(seq));
+  sessions_[id] = s;
+  return std::shared_ptr<Session>(s);
+}
+
+Result<std::shared_ptr<Session>> RuntimeImpl::open_session(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return not_found("unknown session '", id, "'");
+  return std::shared_ptr<Session>(it->second);
+}
+
+std::vector<SessionInfo> RuntimeImpl::list_sessions() {
+  std::vector<std::shared_ptr<SessionImpl>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, s] : sessions_) all.push_back(s);
+  }
+  std::vector<SessionInfo> out;
+  for (auto& s : all) out.push_back(s->info());
+  return out;
+}
+
+Status RuntimeImpl::delete_session(const std::string& id) {
+  std::promise<Status> done;
+  auto f = done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return not_found("unknown session '", id, "'");
+    std::shared_ptr<SessionImpl> s = it->second;
+    s->closed_ = true;
+    if (s->gen_) s->cancel_ = true;
+    // Removal happens on the engine thread, after any step that uses the session has finished.
+    control_.push_back([this, id, &done] {
+      std::shared_ptr<SessionImpl> victim;
+      {
+        std::lock_guard<std::mutex> inner(mu_);
+        auto it2 = sessions_.find(id);
+        if (it2 != sessions_.end()) {
+          victim = it2->second;
+          sessions_.erase(it2);
+        }
+      }
+      if (victim) {
+        std::unique_ptr<Generation> gen;
+        std::vector<std::promise<Status>> waiters;
+        {
+          std::lock_guard<std::mutex> inner(mu_);
+          gen = std::move(victim->gen_);
+          waiters = std::move(victim->prefill_waiters_);
+        }
+        if (gen) gen->promise.set_value(cancelled("session '", id, "' was deleted"));
+        for (auto& w : waiters) w.set_value(cancelled("session '", id, "' was deleted"));
+      }
+      done.set_value(Status::Ok());
+    });
+  }
+  cv_.notify_all();
+  return f.get();
+}
+
+Result<std::shared_ptr<Session>> RuntimeImpl::fork_on_engine(const std::string& parent_id, std::string new_id) {
+  std::shared_ptr<SessionImpl> parent;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(parent_id);
+    if (it == sessions_.end()) return not_found("fork: unknown session '", parent_id, "'");
+    parent = it->second;
+    if (new_id.empty()) new_id = fresh_id_locked();
+    if (sessions_.count(new_id)) return invalid_argument("fork: session '", new_id, "' already exists");
+  }
+  MNEMO_ASSIGN_OR_RETURN(auto seq, model_->fork_sequence(*parent->seq_));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto child = std::make_shared<SessionImpl>(this, new_id, std::move(seq));
+  child->parent_ = parent_id;
+  child->tokens_ = parent->tokens_;
+  child->tokens_.insert(child->tokens_.end(), parent->deferred_.begin(), parent->deferred_.end());
+  child->prefilled_ = parent->prefilled_;
+  child->last_logits_ = parent->last_logits_.defined() ? *parent->last_logits_.to(Device::cpu()) : Tensor();
+  sessions_[new_id] = child;
+  return std::shared_ptr<Session>(child);
+}
+
+bool RuntimeImpl::has_work_locked() const {
+  if (!control_.empty()) return true;
+  for (const auto& [id, s] : sessions_) {
+    if (!s->broken_.ok()) continue;
+    if (s->runnable_locked() > 0) return true;
+    if (s->gen_ && (s->cancel_ || (!s->gen_->started && s->pending_locked() == 0))) return true;
+  }
+  return false;
+}
+
+void RuntimeImpl::loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || has_work_locked(); });
+    if (stop_) {
+      // Finish: cancel generations and fail waiters so no future is left hanging.
+      for (auto& [id, s] : sessions_) {
+        if (s->gen_) s->gen_->promise.set_value(cancelled("the runtime is shutting down"));
+        s->gen_.reset();
+        for (auto& w : s->prefill_waiters_) w.set_value(cancelled("the runtime is shutting down"));
+        s->prefill_waiters_.clear();
+      }
+      return;
+    }
+    step(lock);
+  }
+}
+
+}  // namespace mnemo

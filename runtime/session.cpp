@@ -1,0 +1,144 @@
+#include "runtime/session.h"
+
+#include "runtime/engine.h"
+
+namespace mnemo {
+namespace {
+
+template <typename T>
+std::future<T> ready(T value) {
+  std::promise<T> p;
+  p.set_value(std::move(value));
+  return p.get_future();
+}
+
+}  // namespace
+
+SessionImpl::SessionImpl(RuntimeImpl* rt, std::string id, std::unique_ptr<Sequence> seq)
+    : rt_(rt), id_(std::move(id)), seq_(std::move(seq)) {}
+
+SessionInfo SessionImpl::info() const {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  SessionInfo i;
+  i.id = id_;
+  i.length = static_cast<int64_t>(tokens_.size() + deferred_.size());
+  i.pending_tokens = pending_locked() + static_cast<int64_t>(deferred_.size());
+  i.generating = gen_ != nullptr;
+  i.parent = parent_;
+  return i;
+}
+
+std::vector<int32_t> SessionImpl::tokens() const {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  std::vector<int32_t> all = tokens_;
+  all.insert(all.end(), deferred_.begin(), deferred_.end());
+  return all;
+}
+
+int64_t SessionImpl::runnable_locked() const {
+  if (gen_ && gen_->started) return pending_locked() > 0 ? 1 : 0;  // the decode token
+  return pending_locked();
+}
+
+std::future<Status> SessionImpl::append_text(std::string text) {
+  std::vector<int32_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(rt_->mu_);
+    // The first append of a stream starts with BOS (when the tokenizer has one and adds it).
+    const bool first = tokens_.empty() && deferred_.empty();
+    ids = rt_->tokenizer_->encode(text, first && rt_->tokenizer_->add_bos_default());
+  }
+  return append_tokens(std::move(ids));
+}
+
+std::future<Status> SessionImpl::append_tokens(std::vector<int32_t> ids) {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  Status s = append_locked(std::move(ids));
+  if (s.ok()) rt_->wake();
+  return ready(std::move(s));
+}
+
+Status SessionImpl::append_locked(std::vector<int32_t> ids) {
+  if (closed_) return cancelled("session '", id_, "' is closed");
+  if (!broken_.ok()) return broken_;
+  const int64_t vocab = rt_->model_->config().vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return invalid_argument("append to session '", id_, "': token ", i, " has id ", ids[i],
+                              ", outside the vocabulary [0, ", vocab, ")");
+    }
+  }
+  const int64_t length = static_cast<int64_t>(tokens_.size() + deferred_.size());
+  const int64_t new_len = length + static_cast<int64_t>(ids.size());
+  const int64_t limit = rt_->model_->config().max_position_embeddings;
+  if (rt_->options_.positions == PositionPolicy::kExact && new_len > limit) {
+    return out_of_budget("session '", id_, "': ", new_len, " tokens exceed the model's max_position_embeddings (",
+                         limit, ") under the exact position policy; use the bounded policy for longer streams");
+  }
+  const int64_t pending = pending_locked() + static_cast<int64_t>(deferred_.size() + ids.size());
+  if (pending > rt_->options_.max_pending_tokens) {
+    return out_of_budget("session '", id_, "': ", pending, " tokens would wait for prefill, more than ",
+                         "max_pending_tokens (", rt_->options_.max_pending_tokens, "); wait_prefilled() first");
+  }
+  std::vector<int32_t>& dst = gen_ ? deferred_ : tokens_;
+  dst.insert(dst.end(), ids.begin(), ids.end());
+  return Status::Ok();
+}
+
+std::future<Status> SessionImpl::wait_prefilled() {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  if (!broken_.ok()) return ready(broken_);
+  if (pending_locked() == 0 && deferred_.empty() && !gen_) return ready(Status::Ok());
+  prefill_waiters_.emplace_back();
+  rt_->wake();
+  return prefill_waiters_.back().get_future();
+}
+
+std::future<Result<GenerateResult>> SessionImpl::generate(GenerateRequest request, TokenCallback on_token) {
+  using R = Result<GenerateResult>;
+  Status valid = request.sampling.validate();
+  if (!valid.ok()) return ready<R>(valid);
+  if (request.max_new_tokens < 0) return ready<R>(invalid_argument("generate: max_new_tokens must be >= 0"));
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  if (closed_) return ready<R>(cancelled("session '", id_, "' is closed"));
+  if (!broken_.ok()) return ready<R>(broken_);
+  if (gen_) return ready<R>(invalid_argument("session '", id_, "' is already generating"));
+  if (tokens_.empty()) {
+    const int32_t bos = rt_->tokenizer_->bos_id();
+    if (bos < 0) return ready<R>(invalid_argument("session '", id_, "' is empty and the model has no BOS token"));
+    tokens_.push_back(bos);
+  }
+  gen_ = std::make_unique<Generation>();
+  gen_->request = std::move(request);
+  gen_->on_token = std::move(on_token);
+  gen_->sampler = std::make_unique<Sampler>(gen_->request.sampling);
+  DecodeOptions decode;
+  decode.continuation = true;  // generated text continues the stream
+  gen_->decoder = std::make_unique<StreamDecoder>(*rt_->tokenizer_, decode);
+  cancel_ = false;
+  auto f = gen_->promise.get_future();
+  rt_->wake();
+  return f;
+}
+
+void SessionImpl::cancel() {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  if (gen_) cancel_ = true;
+  rt_->wake();
+}
+
+std::future<Result<std::shared_ptr<Session>>> SessionImpl::fork(std::string new_id) {
+  auto promise = std::make_shared<std::promise<Result<std::shared_ptr<Session>>>>();
+  auto f = promise->get_future();
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  RuntimeImpl* rt = rt_;
+  const std::string parent = id_;
+  // Runs on the engine thread between steps, where sequences may be touched.
+  rt->control_.push_back([rt, parent, new_id, promise]() mutable {
+    promise->set_value(rt->fork_on_engine(parent, std::move(new_id)));
+  });
+  rt->wake();
+  return f;
+}
+
+}  // namespace mnemo
