@@ -35,7 +35,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!status.ok()) {
-    std::fprintf(stderr, "mnemo %s: error: %s\n", command.c_str(), status.to_string().c_str());
+    // Flag errors already start with "mnemo <command>: "; say it once.
+    std::string message = status.message();
+    const std::string prefix = "mnemo " + command + ": ";
+    if (message.rfind(prefix, 0) == 0) message.erase(0, prefix.size());
+    std::fprintf(stderr, "mnemo %s: error: %s (%s)\n", command.c_str(), message.c_str(),
+                 mnemo::status_code_name(status.code()));
     return status.code() == mnemo::StatusCode::kInvalidArgument ? 2 : 1;
   }
   return 0;
