@@ -11,5 +11,6 @@ namespace mnemo::cli {
 
 Status run_command(const std::vector<std::string>& args);
 Status logits_command(const std::vector<std::string>& args);
+Status eval_command(const std::vector<std::string>& args);
 
 }  // namespace mnemo::cli

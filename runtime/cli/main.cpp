@@ -13,7 +13,8 @@ const char* kTopUsage =
     "Usage: mnemo <command> [flags]   (mnemo <command> --help for its flags)\n\n"
     "Commands:\n"
     "  run      generate text from a prompt, streaming tokens to stdout\n"
-    "  logits   write float32 logits of every position to a .npy file\n";
+    "  logits   write float32 logits of every position to a .npy file\n"
+    "  eval     evaluate a model (eval passkey: long-context retrieval accuracy)\n";
 
 }  // namespace
 
@@ -30,6 +31,8 @@ int main(int argc, char** argv) {
     status = mnemo::cli::run_command(args);
   } else if (command == "logits") {
     status = mnemo::cli::logits_command(args);
+  } else if (command == "eval") {
+    status = mnemo::cli::eval_command(args);
   } else {
     std::fprintf(stderr, "mnemo: unknown command '%s'\n\n%s", command.c_str(), kTopUsage);
     return 2;
