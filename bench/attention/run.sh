@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The one script the GPU machine runs for the CUDA dense attention slice (issue #4). It builds
+# nothing: bench/attention/pack.sh builds the binaries here and packs them into .devlib/ (carried).
+#   run(carry: [".devlib"], command: "bash bench/attention/run.sh")
+# Steps, chosen with MNEMO_STEPS (comma-separated; default all of them, in this order):
+#   test      cuda_test: every CUDA kernel against the CPU references (+ cuda_sim_test)
+#   sanitize  compute-sanitizer memcheck and racecheck on small attention and op cases
+#   bench     dense_attention_bench: ceilings, decode 32K/128K, prefill 32K, checks vs the CPU op
+#   torch     torch SDPA anchors (flash, cuDNN, efficient) and torch's own ceilings
+#   table     the summary table (printed last) and summary.json
+# Files in $OUT (at most 8 come back): env.txt cuda_test.log sanitize.log mnemo.json bench.log
+# torch.json summary.json.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mnemo-out}
+mkdir -p "$OUT"
+STEPS=${MNEMO_STEPS:-test,sanitize,bench,torch,table}
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+BIN=$PWD/.devlib/bin
+CUDA_LIBS=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && CUDA_LIBS="$CUDA_LIBS:$d"
+done
+# Only our binaries get .devlib on their library path (python3/torch keep the system's). The packed
+# C++ runtime (.devlib/fallback) is added only when the system's is too old for the binaries.
+LIBPATH="$PWD/.devlib$CUDA_LIBS"
+if ! LD_LIBRARY_PATH="$LIBPATH" "$BIN/cuda_test" --gtest_list_tests > /dev/null 2>&1; then
+  LIBPATH="$LIBPATH:$PWD/.devlib/fallback"
+fi
+with_libs() { LD_LIBRARY_PATH="$LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
+STATUS=()
+
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv
+  nvcc --version | tail -1
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  echo "library path: $LIBPATH"
+  with_libs ldd "$BIN/cuda_test" "$BIN/dense_attention_bench"
+} > "$OUT/env.txt" 2>&1
+head -2 "$OUT/env.txt"
+if grep -q "=> not found" "$OUT/env.txt"; then echo "MISSING LIBRARIES:"; grep "=> not found" "$OUT/env.txt"; fi
+
+if has test; then
+  with_libs timeout 400 "$BIN/cuda_test" --gtest_brief=1 > "$OUT/cuda_test.log" 2>&1
+  rc=$?
+  with_libs timeout 120 "$BIN/cuda_sim_test" --gtest_brief=1 >> "$OUT/cuda_test.log" 2>&1
+  sim_rc=$?
+  STATUS+=("cuda_test rc=$rc, cuda_sim_test rc=$sim_rc")
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure|Actual|stats" "$OUT/cuda_test.log" | cut -c1-220 | tail -n 60
+fi
+
+if has sanitize; then
+  FILTER='*DenseDecodeCuda*minicpm4_g16_d128:*DenseDecodeCuda*g4_d64_bt16_window:*DenseDecodeCuda*g20*'
+  FILTER="$FILTER:*DensePrefillCuda*g4_d64_bt16:*DensePrefillCuda*g3_scattered*:*CudaOps*/1:*CudaOps*/3"
+  : > "$OUT/sanitize.log"
+  for tool in memcheck racecheck; do
+    with_libs timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN/cuda_test" --gtest_brief=1 \
+      --gtest_filter="$FILTER" >> "$OUT/sanitize.log" 2>&1
+    rc=$?
+    STATUS+=("compute-sanitizer $tool rc=$rc")
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  (PASSED|FAILED)" "$OUT/sanitize.log" | tail -n 3
+  done
+fi
+
+if has bench; then
+  with_libs timeout 400 "$BIN/dense_attention_bench" --json "$OUT/mnemo.json" > "$OUT/bench.log" 2>&1
+  rc=$?
+  STATUS+=("dense_attention_bench rc=$rc")
+  tail -n 20 "$OUT/bench.log"
+fi
+
+if has torch; then
+  timeout 400 python3 bench/attention/torch_anchor.py anchors --json "$OUT/torch.json" >> "$OUT/bench.log" 2>&1
+  rc=$?
+  STATUS+=("torch anchors rc=$rc")
+  [ $rc -ne 0 ] && tail -n 5 "$OUT/bench.log"
+fi
+
+if has table; then
+  printf '%s\n' "${STATUS[@]}" > "$OUT/status.txt"
+  python3 bench/attention/torch_anchor.py table --mnemo "$OUT/mnemo.json" --torch "$OUT/torch.json" \
+    --status "$OUT/status.txt" --out "$OUT/summary.json"
+  rm -f "$OUT/status.txt"
+else
+  printf '%s\n' "${STATUS[@]}"
+fi

@@ -1,0 +1,92 @@
+// The Linear layer on CUDA through cuBLAS (see model/cuda/ops.h).
+//
+// cuBLAS is column-major. Row-major y[n, out] is column-major Y (out x n, ld out); row-major
+// w[out, in] is column-major (in x out), used transposed; row-major x[n, in] is column-major
+// (in x n). So Y = op_T(W) X with m = out, n = n, k = in. A bias is broadcast into y first and
+// the GEMM runs with beta = 1, so y = x w^T + bias is rounded once, in the GEMM's epilogue.
+#include <cstdint>
+#include <utility>
+
+#include "core/cuda/check.h"
+#include "model/cuda/ops.h"
+
+#define MNEMO_CUBLAS_RETURN_IF_ERROR(call)                                                             \
+  do {                                                                                                 \
+    const cublasStatus_t mnemo_cublas_status_ = (call);                                                \
+    if (mnemo_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                               \
+      return ::mnemo::cuda_error(#call, " failed at ", __FILE__, ":", __LINE__, ": ",                  \
+                                 cublasGetStatusName(mnemo_cublas_status_), " (",                      \
+                                 cublasGetStatusString(mnemo_cublas_status_), ")");                    \
+    }                                                                                                  \
+  } while (0)
+
+namespace mnemo::cuda {
+namespace {
+
+template <typename T>
+__global__ void broadcast_bias_kernel(const bf16* bias, T* y, int64_t n, int64_t out) {
+  const int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (idx >= n * out) return;
+  if constexpr (sizeof(T) == 2) {
+    y[idx] = bias[idx % out];
+  } else {
+    y[idx] = __bfloat162float(bias[idx % out]);
+  }
+}
+
+}  // namespace
+
+Result<CublasHandle> CublasHandle::create() {
+  CublasHandle h;
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasCreate(&h.handle_));
+  return Result<CublasHandle>(std::move(h));
+}
+
+CublasHandle& CublasHandle::operator=(CublasHandle&& o) noexcept {
+  if (this != &o) {
+    if (handle_) cublasDestroy(handle_);
+    handle_ = o.handle_;
+    o.handle_ = nullptr;
+  }
+  return *this;
+}
+
+CublasHandle::~CublasHandle() {
+  if (handle_) cublasDestroy(handle_);
+}
+
+Status linear_launch(const LinearParams& p, cublasHandle_t handle, Workspace workspace, cudaStream_t stream) {
+  if (!handle) return invalid_argument("linear: the cuBLAS handle is null");
+  if (!p.x || !p.w || !p.y) return invalid_argument("linear: x, w and y must be set");
+  if (p.y_dtype != DType::kBF16 && p.y_dtype != DType::kF32) {
+    return invalid_argument("linear: y_dtype: expected bf16 or f32, got ", dtype_name(p.y_dtype));
+  }
+  if (p.n < 0 || p.in <= 0 || p.out <= 0 || p.n > INT32_MAX || p.in > INT32_MAX || p.out > INT32_MAX) {
+    return invalid_argument("linear: n (", p.n, "), in (", p.in, ") and out (", p.out,
+                            ") must be positive and below 2^31");
+  }
+  if (p.n == 0) return Status::Ok();
+  // cublasSetStream resets the workspace to cuBLAS's own pool, so it goes first.
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetStream(handle, stream));
+  if (workspace.bytes > 0) MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(handle, workspace.data, workspace.bytes));
+  const bool f32 = p.y_dtype == DType::kF32;
+  float beta = 0.0f;
+  if (p.bias) {
+    const unsigned blocks = static_cast<unsigned>((p.n * p.out + 255) / 256);
+    if (f32) {
+      broadcast_bias_kernel<float><<<blocks, 256, 0, stream>>>(p.bias, static_cast<float*>(p.y), p.n, p.out);
+    } else {
+      broadcast_bias_kernel<bf16><<<blocks, 256, 0, stream>>>(p.bias, static_cast<bf16*>(p.y), p.n, p.out);
+    }
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    beta = 1.0f;
+  }
+  const float alpha = 1.0f;
+  const int m = static_cast<int>(p.out), n = static_cast<int>(p.n), k = static_cast<int>(p.in);
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, CUDA_R_16BF, k,
+                                            p.x, CUDA_R_16BF, k, &beta, p.y, f32 ? CUDA_R_32F : CUDA_R_16BF, m,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::Ok();
+}
+
+}  // namespace mnemo::cuda
