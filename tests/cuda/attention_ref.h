@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct AttnCase {
   int num_splits = 0;        // decode: 0 = plan_dense_decode's choice
   bool scattered_q = false;  // prefill: distinct random q_index per sequence instead of the last ones
 };
+// GoogleTest prints a case by its name (not a byte dump) in test names and failures.
+inline void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
 
 // What the kernels read, on the host; bf16 as raw bits. Unused slots and the tails of partial last
 // blocks hold bf16 NaN, so a kernel reading a key it must not see fails loudly.
