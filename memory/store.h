@@ -23,7 +23,7 @@
 // misses are loaded, in one batch per tier.
 //
 // Thread-safety: one thread (the engine's step loop) calls the store; the background writer is
-// internal.
+// internal. metrics() may be called from any thread.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +50,9 @@ struct KvStoreOptions {
   // The model's identity (architecture, shapes, dtype, rope settings, weights hash). A data_dir
   // written under another fingerprint is refused with an error naming both. Default: empty = unchecked.
   std::string fingerprint;
+  // Test only: called before every RocksDB write (blocks, sequences, meta); a non-OK Status fails the
+  // write as a RocksDB error would (kIoError with its message). Default: none.
+  std::function<Status()> inject_disk_write_error;
 };
 
 struct KvStoreMetrics {
@@ -60,7 +63,11 @@ struct KvStoreMetrics {
   double stall_seconds = 0;               // time acquire() spent waiting for loads
   int64_t gpu_slots_used = 0, gpu_slots_total = 0;
   int64_t host_slots_used = 0, host_slots_total = 0;
-  int64_t disk_blocks = 0;
+  int64_t disk_blocks = 0;                // durable blocks of the sequences this process knows
+  int64_t blocks = 0;                     // distinct blocks of known sequences (shared ones once)
+  int64_t shared_blocks = 0;              // blocks held by more than one sequence (forks)
+  int64_t pending_writes = 0;             // sealed blocks not yet durable (write-behind queue + failed)
+  int64_t disk_write_errors = 0;          // failed write-behind batches (flush() reports and retries)
 };
 
 class KvStore {
@@ -70,50 +77,76 @@ class KvStore {
 
   virtual const KvLayout& layout() const = 0;
 
-  // Sequences. Ids are chosen by the caller (the runtime's session ids) and must be unique.
+  // Sequences. Ids are chosen by the caller (the runtime's session ids) and must be unique. With a
+  // data_dir the sequence is recorded in `meta` at once (so list_sequences() sees it after a restart).
+  // kInvalidArgument for an id in use, also for the id of a dropped sequence whose blocks a fork
+  // still shares (its disk keys carry that id).
   virtual Status create_sequence(SequenceId seq) = 0;
-  // Drops every block of the sequence from every tier (a range delete on disk).
+  // Drops every block of the sequence from every tier (range deletes on disk) — live or only on disk
+  // after a reopen. Blocks a fork shares stay for the fork. On error (kIoError) nothing changed.
   virtual Status drop_sequence(SequenceId seq) = 0;
   // Copy-on-write fork: `child` shares every sealed block of `parent` (refcounted, no block copies);
-  // the open blocks are copied. Both continue independently.
+  // the partial open block is copied (one GPU slot per layer). Both continue independently.
+  // All-or-nothing (kOutOfBudget when the GPU cannot hold the copies).
   virtual Status fork_sequence(SequenceId parent, SequenceId child) = 0;
-  // After reopening a data_dir: the sequences with durable blocks.
+  // Every sequence the store knows, live or not, in id order; after reopening a data_dir, the ones
+  // recorded there (with or without durable blocks).
   virtual Result<std::vector<SequenceId>> list_sequences() = 0;
   // After reopening a data_dir: registers `seq` with its durable sealed blocks (disk tier only) and
   // returns the tokens they cover (a whole number of blocks, the longest prefix durable in every
-  // layer). The caller recomputes the rest from its token log.
+  // layer). The caller recomputes the rest from its token log. Forks recover in any order and share
+  // their common blocks again.
   virtual Result<int64_t> recover_sequence(SequenceId seq) = 0;
-  // Tokens written so far (all layers agree after each forward).
+  // Tokens written so far (all layers agree after each forward). kNotFound unless live.
   virtual Result<int64_t> length(SequenceId seq) const = 0;
 
-  // Makes room to write tokens [length, new_len) in every layer: open blocks on the GPU tier,
-  // sealing the blocks that fill up. All-or-nothing.
+  // Makes the open blocks (GPU tier, never evicted) cover exactly tokens [length, new_len) in every
+  // layer: adds blocks (evicting unpinned sealed ones) or releases reserved blocks past new_len that
+  // hold no committed token. All-or-nothing: kOutOfBudget leaves the sequence as it was.
+  // After a failed forward, reserve(seq, length) hands the reservation back.
   virtual Status reserve(SequenceId seq, int64_t new_len) = 0;
-  // Rows of token t (in [length, new_len) after reserve) for writing: [head_dim] floats.
+  // Rows of token t (in [length, new_len) after reserve) for writing: [head_dim] floats in the GPU
+  // arena, valid until commit(). nullptr for anything else (unknown sequence, committed or
+  // unreserved token). Cheap and lock-free: call it from the engine thread only.
   virtual float* k_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
   virtual float* v_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
-  // Marks tokens up to new_len as written; seals every block that is now full (copy to host,
-  // write-behind to disk).
+  // Marks tokens up to new_len (≤ what reserve covered) as written; seals every block that is now
+  // full (copy to host, write-behind to disk) and releases reserved blocks past new_len.
+  // All-or-nothing: the host must take a copy of every sealed block. With a data_dir, a host full of
+  // blocks not yet durable waits for write-behind (counted as stall), and a failing disk is returned
+  // as its kIoError; without one, a full host is kOutOfBudget. On error length is unchanged and the
+  // written rows stay in the open blocks (commit again, or reserve(seq, length) to give them back).
   virtual Status commit(SequenceId seq, int64_t new_len) = 0;
 
-  // Pins `blocks` (logical block indices of `layer`, any order, no duplicates) in GPU slots, loading
-  // misses from host or disk. `slots` receives one slot per requested block, in request order.
-  // On error nothing stays pinned and no resident block was dropped.
+  // Pins `blocks` (logical block indices of `layer` in [0, reserved blocks), any order, no
+  // duplicates; open blocks included) in GPU slots, loading misses from host or disk: all disk misses
+  // in one MultiGet, then one batched host → GPU copy. `slots` receives one slot per requested block,
+  // in request order: slot s is gpu_arena() + s * slot_floats, so `slots` is a block table for
+  // attention (PagedKv). Slots stay valid and unchanged until release_all(); pins accumulate over
+  // calls, so the pinned blocks of a step (plus all open blocks) must fit the GPU tier.
+  // On error nothing this call pinned stays pinned and no resident block was dropped:
+  // kOutOfBudget (pinned + open + requested exceed the GPU slots; the message names the budget),
+  // kCorruption (a disk block failed its checksum; named, never served), kIoError.
   virtual Status acquire(SequenceId seq, int layer, std::span<const int64_t> blocks,
                          std::vector<int32_t>* slots) = 0;
   // Unpins every block pinned by acquire() since the last release (one step's worth).
   virtual void release_all() = 0;
 
-  // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] floats.
+  // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] floats. Allocated once at
+  // open; the pointer never changes for the life of the store.
   virtual const float* gpu_arena() const = 0;
 
   // Blocks until write-behind has made every sealed block durable on disk (no-op without data_dir).
+  // Retries blocks whose earlier writes failed; returns the first write error of this attempt
+  // (kIoError with RocksDB's message), the blocks then stay on host, not durable. Destroying the
+  // store flushes too (errors dropped: unwritten blocks are recomputed from the token log).
   virtual Status flush() = 0;
 
   virtual KvStoreMetrics metrics() const = 0;
 
   // Small metadata records in the `meta` column family (session state, token logs), durable once
-  // the call returns when `sync` (WAL fsync). Without data_dir they live in memory.
+  // the call returns when `sync` (WAL fsync). Without data_dir they live in memory. Keys starting
+  // with '\0' are the store's own (kInvalidArgument).
   virtual Status put_meta(const std::string& key, const std::string& value, bool sync) = 0;
   virtual Result<std::string> get_meta(const std::string& key) const = 0;  // kNotFound when absent
   virtual Status delete_meta(const std::string& key) = 0;
