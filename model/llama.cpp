@@ -6,14 +6,36 @@
 
 #include "attention/dense.h"
 #include "attention/rope.h"
+#include "attention/select.h"
+#include "attention/sparse.h"
+#include "attention/sparse_params.h"
 #include "model/ops.h"
 #include "model/rope_scaling.h"
 
 namespace mnemo {
 
+namespace {
+
+SparseParams to_sparse_params(const SparseConfig& c) {
+  SparseParams p;
+  p.kernel_size = c.kernel_size;
+  p.kernel_stride = c.kernel_stride;
+  p.block_size = c.block_size;
+  p.init_blocks = c.init_blocks;
+  p.window_size = c.window_size;
+  p.topk = c.topk;
+  p.dense_len = c.dense_len;
+  p.use_nope = c.use_nope;
+  return p;
+}
+
+}  // namespace
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options,
                        std::unique_ptr<KvArena> arena)
-    : config_(std::move(config)), weights_(std::move(weights)), options_(options), arena_(std::move(arena)) {}
+    : config_(std::move(config)), weights_(std::move(weights)), options_(options), arena_(std::move(arena)) {
+  sparse_ = options_.sparse ? options_.sparse : config_.sparse;
+}
 
 LlamaModel::~LlamaModel() = default;
 
@@ -30,6 +52,14 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_weights(ModelConfig config,
   if (options.kv_budget_tokens < options.block_tokens) {
     return invalid_argument("ModelOptions.kv_budget_tokens (", options.kv_budget_tokens,
                             ") must hold at least one block of ", options.block_tokens, " tokens");
+  }
+  const std::optional<SparseConfig>& sparse = options.sparse ? options.sparse : config.sparse;
+  if (sparse) {
+    MNEMO_RETURN_IF_ERROR(validate(to_sparse_params(*sparse)).with_context("sparse config"));
+    if (sparse->block_size != options.block_tokens) {
+      return invalid_argument("sparse config: block_size ", sparse->block_size, " must equal the KV block size (",
+                              options.block_tokens, " tokens): selection blocks are KV blocks");
+    }
   }
   KvLayout layout;
   layout.num_layers = static_cast<int>(config.num_hidden_layers);
@@ -49,6 +79,8 @@ Result<std::unique_ptr<Sequence>> LlamaModel::new_sequence() {
 Result<std::unique_ptr<Sequence>> LlamaModel::fork_sequence(const Sequence& parent) {
   auto child = std::unique_ptr<Sequence>(new Sequence(arena_.get()));
   MNEMO_RETURN_IF_ERROR(child->kv_.copy_from(parent.kv_));
+  child->compressed_ = parent.compressed_;
+  child->compressed_lse_ = parent.compressed_lse_;
   return child;
 }
 
@@ -91,7 +123,7 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
   table.ensure(new_len);
 
   std::vector<float> x(n * hidden), h(n * hidden), q(n * heads * d), k(n * kv_heads * d), v(n * kv_heads * d);
-  std::vector<float> attn(n * heads * d), o(n * hidden), gate(n * inter), up(n * inter);
+  std::vector<float> attn(n * heads * d), o(n * hidden), gate(n * inter), up(n * inter), q_nope;
   std::vector<int64_t> q_index(n);
   for (int64_t t = 0; t < n; ++t) q_index[t] = pos0 + t;
   const float emb_scale = static_cast<float>(c.scale_emb);
@@ -109,6 +141,7 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
     cpu::linear(h.data(), w.q_proj.data<float>(), ptr(w.q_bias), q.data(), n, hidden, heads * d);
     cpu::linear(h.data(), w.k_proj.data<float>(), ptr(w.k_bias), k.data(), n, hidden, kv_heads * d);
     cpu::linear(h.data(), w.v_proj.data<float>(), ptr(w.v_bias), v.data(), n, hidden, kv_heads * d);
+    if (sparse_ && sparse_->use_nope) q_nope = q;  // stage 1 scores un-rotated queries
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t hh = 0; hh < heads; ++hh) table.apply(pos0 + t, q.data() + (t * heads + hh) * d);
       for (int hk = 0; hk < kv_heads; ++hk) {
@@ -117,24 +150,8 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
         std::memcpy(seq.kv_.v_row(int(l), pos0 + t, hk), v.data() + (t * kv_heads + hk) * d, d * sizeof(float));
       }
     }
-    const std::vector<int32_t>& blocks = seq.kv_.block_table(int(l));
-    DenseAttentionParams p;
-    p.q = q.data();
-    p.q_index = q_index.data();
-    p.num_q = n;
-    p.num_heads = int(heads);
-    p.kv.arena = arena_->data();
-    p.kv.num_kv_heads = int(kv_heads);
-    p.kv.block_tokens = arena_->layout().block_tokens;
-    p.kv.head_dim = int(d);
-    p.kv.block_table = blocks.data();
-    p.kv.num_blocks = static_cast<int64_t>(blocks.size());
-    p.kv.kv_len = new_len;
-    p.key_rope = &table;
-    p.sliding_window = c.sliding_window;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
-    p.out = attn.data();
-    MNEMO_RETURN_IF_ERROR(dense_attention_cpu(p));
+    MNEMO_RETURN_IF_ERROR(attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index, table,
+                                 attn.data()));
     cpu::linear(attn.data(), w.o_proj.data<float>(), ptr(w.o_bias), o.data(), n, heads * d, hidden);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += o[i] * res_scale;
 
@@ -158,6 +175,103 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
   cpu::linear(h.data(), weights_.lm_head.data<float>(), nullptr, logits, rows, hidden, vocab);
   seq.kv_.set_length(new_len);
   return Status::Ok();
+}
+
+}  // namespace mnemo
+
+namespace mnemo {
+
+Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float* q_nope,
+                          const std::vector<int64_t>& q_index, const RopeTable& table, float* out) {
+  const ModelConfig& c = config_;
+  const int64_t n = static_cast<int64_t>(q_index.size());
+  const int64_t kv_len = q_index.back() + 1;
+  const std::vector<int32_t>& blocks = seq.kv_.block_table(layer);
+  PagedKv kv;
+  kv.arena = arena_->data();
+  kv.num_kv_heads = int(c.num_key_value_heads);
+  kv.block_tokens = arena_->layout().block_tokens;
+  kv.head_dim = int(c.head_dim);
+  kv.block_table = blocks.data();
+  kv.num_blocks = static_cast<int64_t>(blocks.size());
+  kv.kv_len = kv_len;
+  const float softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  // Queries before the dense/sparse switch run dense; decided per query so chunking never matters.
+  int64_t first_sparse = n;
+  SparseParams sp;
+  if (sparse_) {
+    sp = to_sparse_params(*sparse_);
+    for (int64_t i = 0; i < n; ++i) {
+      if (use_sparse(q_index[i] + 1, sp)) {
+        first_sparse = i;
+        break;
+      }
+    }
+    // Representatives grow with the stream whether or not this chunk needs them yet.
+    if (seq.compressed_.empty()) {
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        seq.compressed_.emplace_back(kv.num_kv_heads, kv.head_dim, sp.kernel_size, sp.kernel_stride);
+        if (options_.approximate_selection_lse) {
+          seq.compressed_lse_.emplace_back(kv.num_kv_heads, kv.head_dim, lse_kernel_size(sp), lse_kernel_stride(sp));
+        }
+      }
+    }
+    const RopeTable* ck_rope = sp.use_nope ? nullptr : &table;
+    MNEMO_RETURN_IF_ERROR(seq.compressed_[layer].append_block(kv, kv_len, ck_rope));
+    if (options_.approximate_selection_lse) {
+      MNEMO_RETURN_IF_ERROR(seq.compressed_lse_[layer].append_block(kv, kv_len, ck_rope));
+    }
+  }
+
+  const int64_t heads = c.num_attention_heads, d = c.head_dim;
+  if (first_sparse > 0) {
+    DenseAttentionParams p;
+    p.q = q;
+    p.q_index = q_index.data();
+    p.num_q = first_sparse;
+    p.num_heads = int(heads);
+    p.kv = kv;
+    p.kv.kv_len = q_index[first_sparse - 1] + 1;
+    p.key_rope = &table;
+    p.softmax_scale = softmax_scale;
+    p.sliding_window = c.sliding_window;
+    p.out = out;
+    MNEMO_RETURN_IF_ERROR(dense_attention_cpu(p));
+  }
+  if (first_sparse == n) return Status::Ok();
+
+  // Stage 1 + top-k for the sparse queries, then stage 2 over exactly the chosen blocks.
+  const int64_t m = n - first_sparse;
+  const int max_selected = max_selected_blocks(sp);
+  std::vector<int32_t> block_ids(static_cast<size_t>(m * kv.num_kv_heads * max_selected));
+  BlockSelectParams sel;
+  sel.score.q = (q_nope ? q_nope : q) + first_sparse * heads * d;
+  sel.score.q_index = q_index.data() + first_sparse;
+  sel.score.num_q = m;
+  sel.score.num_heads = int(heads);
+  sel.score.keys = seq.compressed_[layer].view();
+  if (options_.approximate_selection_lse) sel.score.lse_keys = seq.compressed_lse_[layer].view();
+  sel.score.block_size = sp.block_size;
+  sel.score.num_blocks = kv.num_blocks;
+  sel.score.softmax_scale = softmax_scale;
+  sel.sparse = sp;
+  sel.max_selected = max_selected;
+  sel.block_ids = block_ids.data();
+  MNEMO_RETURN_IF_ERROR(select_blocks_cpu(sel));
+
+  SparseAttentionParams p;
+  p.q = q + first_sparse * heads * d;
+  p.q_index = q_index.data() + first_sparse;
+  p.num_q = m;
+  p.num_heads = int(heads);
+  p.kv = kv;
+  p.key_rope = &table;
+  p.softmax_scale = softmax_scale;
+  p.block_ids = block_ids.data();
+  p.max_selected = max_selected;
+  p.out = out + first_sparse * heads * d;
+  return sparse_attention_cpu(p);
 }
 
 }  // namespace mnemo

@@ -8,10 +8,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "attention/compress.h"
+#include "attention/rope.h"
 #include "core/tensor.h"
 #include "memory/kv_cache.h"
 #include "model/config.h"
@@ -27,6 +30,12 @@ struct ModelOptions {
   int block_tokens = 64;
   // Largest prefill chunk run at once; longer inputs are split. Default: 2048.
   int64_t chunk_tokens = 2048;
+  // InfLLM-V2 sparse attention settings replacing the checkpoint's sparse_config (or enabling sparse
+  // attention on any Llama-family model: the training-free mode). Default: none = the checkpoint's.
+  std::optional<SparseConfig> sparse;
+  // Stage-1 normaliser: false = exact softmax over tier-1 compressed keys; true = the paper's cheaper
+  // approximation from tier-2 keys (attention/select.h). Default: false.
+  bool approximate_selection_lse = false;
 };
 
 class Sequence;
@@ -40,6 +49,8 @@ class LlamaModel {
 
   const ModelConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
+  // The sparse settings in force (options, else the checkpoint's), or none: always dense.
+  const std::optional<SparseConfig>& sparse() const { return sparse_; }
 
   Result<std::unique_ptr<Sequence>> new_sequence();
   // A new sequence holding the same tokens' KV as `parent` (blocks copied; copy-on-write sharing comes
@@ -54,11 +65,16 @@ class LlamaModel {
   struct Impl;
   LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvArena> arena);
   Status forward_chunk(Sequence& seq, std::span<const int32_t> tokens, float* logits, bool all_logits);
+  // Attention of one layer for queries at q_index (consecutive stream indices): dense before the
+  // sparse switch, InfLLM-V2 (stage 1, top-k, stage 2) after it. out: [n, heads, head_dim].
+  Status attend(Sequence& seq, int layer, const float* q, const float* q_nope, const std::vector<int64_t>& q_index,
+                const RopeTable& table, float* out);
 
   ModelConfig config_;
   ModelWeights weights_;
   ModelOptions options_;
   std::unique_ptr<KvArena> arena_;
+  std::optional<SparseConfig> sparse_;
 };
 
 // One token stream's state: its KV blocks and length.
@@ -71,6 +87,8 @@ class Sequence {
   friend class LlamaModel;
   explicit Sequence(KvArena* arena) : kv_(arena) {}
   SequenceKv kv_;
+  // Representatives for sparse selection, per layer: tier-1 (kernel_size) and tier-2 (4x) keys.
+  std::vector<CompressedKeys> compressed_, compressed_lse_;
 };
 
 }  // namespace mnemo

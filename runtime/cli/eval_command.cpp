@@ -28,7 +28,6 @@ std::vector<FlagSpec> passkey_flag_specs() {
       {"seed", "S", "seed of the keys and needle depths", "0"},
       {"filler", "KIND", "filler text: repeat (the classic repeated sentences)", "repeat"},
       {"json", "OUT.json", "write the report (per-trial depth, key, answer) as JSON", ""},
-      {"sparse-config", "FILE", "sparse attention config (sparse_config JSON) for the model", ""},
   };
   for (FlagSpec& s : model_flag_specs()) {
     if (s.name == "kv-budget-tokens") s.fallback = "context + 7 answer tokens";
@@ -72,14 +71,6 @@ Status passkey_command(const std::vector<std::string>& args) {
   if (const std::string filler = f.get("filler", "repeat"); filler != "repeat") {
     return invalid_argument("mnemo eval passkey: --filler: expected 'repeat', got '", filler,
                             "' (corpus-text filler needs data files mnemo does not ship)");
-  }
-  if (f.has("sparse-config")) {
-    const std::string path = f.get("sparse-config");
-    MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(path));
-    MNEMO_RETURN_IF_ERROR(parse_sparse_config(text, path).status());  // a bad file is reported as such
-    // TODO(#3): pass the parsed config to the loader once ModelOptions carries sparse attention.
-    return unimplemented("mnemo eval passkey: --sparse-config ", path,
-                         ": sparse config not supported by this build yet");
   }
 
   // The arena must hold the longest prompt plus the generated answer (generate() does not run the

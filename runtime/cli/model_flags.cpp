@@ -22,6 +22,8 @@ std::vector<FlagSpec> model_flag_specs() {
       {"device", "NAME", "cpu or cuda[:N]", "cpu"},
       {"kv-budget-tokens", "N", "KV cache capacity in tokens", "65536"},
       {"chunk-tokens", "N", "largest prefill chunk", "2048"},
+      {"sparse-config", "FILE.json", "InfLLM-V2 sparse attention (MiniCPM4 sparse_config keys), for any model",
+       "the checkpoint's sparse_config, else dense"},
   };
 }
 
@@ -33,6 +35,13 @@ Result<LoadedModel> load_model_from_flags(const Flags& flags, bool need_tokenize
   ModelOptions options;
   MNEMO_ASSIGN_OR_RETURN(options.kv_budget_tokens, flags.get_int("kv-budget-tokens", 65536, 64, int64_t{1} << 40));
   MNEMO_ASSIGN_OR_RETURN(options.chunk_tokens, flags.get_int("chunk-tokens", 2048, 1, int64_t{1} << 30));
+  if (flags.has("sparse-config")) {
+    const std::string path = flags.get("sparse-config");
+    MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(path));
+    MNEMO_ASSIGN_OR_RETURN(SparseConfig sparse, parse_sparse_config(text, path));
+    options.block_tokens = sparse.block_size;  // selection blocks are KV blocks
+    options.sparse = sparse;
+  }
   LoadedModel out;
   std::string tokenizer_path = flags.get("tokenizer");
   if (flags.has("random-weights")) {

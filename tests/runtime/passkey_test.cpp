@@ -240,16 +240,23 @@ TEST(EvalPasskeyCommand, BadFlagsAreNamed) {
   expect_error_naming(cli::eval_command({}), "name a task");
 }
 
-TEST(EvalPasskeyCommand, SparseConfigIsReadThenReportedUnsupported) {
+TEST(EvalPasskeyCommand, SparseConfigWithAFullBudgetAnswersLikeDense) {
   expect_error_naming(eval({"--context", "256", "--trials", "1", "--sparse-config", "/nonexistent/sparse.json"}),
                       "/nonexistent/sparse.json");
+  // Sparse from the first token, but topk + window cover all 7 blocks of a 400-token prompt.
   const std::string path = scratch_path("sparse.json");
-  std::ofstream(path) << R"({"block_size": 64, "topk": 16, "window_size": 512})";
-  Status s = eval({"--context", "256", "--trials", "1", "--sparse-config", path});
-  std::remove(path.c_str());
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("sparse config not supported by this build yet"), std::string::npos) << s.message();
+  std::ofstream(path) << R"({"block_size": 64, "topk": 16, "window_size": 128, "dense_len": -1})";
+  const std::string dense_out = scratch_path("dense.json"), sparse_out = scratch_path("sparse_out.json");
+  ASSERT_TRUE(eval({"--context", "400", "--trials", "2", "--json", dense_out}).ok());
+  Status s = eval({"--context", "400", "--trials", "2", "--sparse-config", path, "--json", sparse_out});
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  const auto dense = read_json(dense_out).as_object().at("results").as_array();
+  const auto sparse = read_json(sparse_out).as_object().at("results").as_array();
+  ASSERT_EQ(dense.size(), sparse.size());
+  for (size_t i = 0; i < dense.size(); ++i) {
+    EXPECT_EQ(dense[i].as_object().at("answer"), sparse[i].as_object().at("answer")) << "trial " << i;
+  }
+  for (const std::string& f : {path, dense_out, sparse_out}) std::remove(f.c_str());
 }
 
 }  // namespace
