@@ -11,6 +11,7 @@ namespace mnemo::cli {
 
 Status run_command(const std::vector<std::string>& args);
 Status logits_command(const std::vector<std::string>& args);
+Status serve_command(const std::vector<std::string>& args);
 Status eval_command(const std::vector<std::string>& args);
 
 }  // namespace mnemo::cli

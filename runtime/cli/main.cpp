@@ -14,7 +14,8 @@ const char* kTopUsage =
     "Commands:\n"
     "  run      generate text from a prompt, streaming tokens to stdout\n"
     "  logits   write float32 logits of every position to a .npy file\n"
-    "  eval     evaluate a model (eval passkey: long-context retrieval accuracy)\n";
+    "  eval     evaluate a model (eval passkey: long-context retrieval accuracy)\n"
+    "  serve    serve the OpenAI-compatible and sessions HTTP API\n";
 
 }  // namespace
 
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
     status = mnemo::cli::run_command(args);
   } else if (command == "logits") {
     status = mnemo::cli::logits_command(args);
+  } else if (command == "serve") {
+    status = mnemo::cli::serve_command(args);
   } else if (command == "eval") {
     status = mnemo::cli::eval_command(args);
   } else {
