@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "attention/dense.h"
@@ -16,6 +17,32 @@ namespace mnemo {
 
 namespace {
 
+// Identity of the model for the store's fingerprint: KV written under another model is refused.
+// Shapes and rope settings in clear text, the weights by a hash of a sample of every tensor.
+std::string model_fingerprint(const ModelConfig& c, const ModelWeights& w) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over up to 4096 values of every tensor
+  auto mix = [&h](const Tensor& t) {
+    if (!t.defined()) return;
+    const auto* bytes = static_cast<const uint8_t*>(t.raw());
+    const size_t n = std::min<size_t>(t.nbytes(), 4096 * 4);
+    for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  };
+  mix(w.embed_tokens);
+  for (const LayerWeights& l : w.layers) {
+    for (const Tensor* t : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) mix(*t);
+  }
+  mix(w.lm_head);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::string f = std::string(architecture_name(c.architecture)) + " layers=" + std::to_string(c.num_hidden_layers) +
+                  " kv_heads=" + std::to_string(c.num_key_value_heads) + " head_dim=" + std::to_string(c.head_dim) +
+                  " hidden=" + std::to_string(c.hidden_size) + " rope_theta=" + std::to_string(c.rope_theta) +
+                  " rope_scaling=" + std::to_string(static_cast<int>(c.rope_scaling.type)) + " kv=f32 weights=" + hex;
+  return f;
+}
+
+}  // namespace
+
 SparseParams to_sparse_params(const SparseConfig& c) {
   SparseParams p;
   p.kernel_size = c.kernel_size;
@@ -29,11 +56,9 @@ SparseParams to_sparse_params(const SparseConfig& c) {
   return p;
 }
 
-}  // namespace
-
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options,
-                       std::unique_ptr<KvArena> arena)
-    : config_(std::move(config)), weights_(std::move(weights)), options_(options), arena_(std::move(arena)) {
+                       std::unique_ptr<KvStore> store)
+    : config_(std::move(config)), weights_(std::move(weights)), options_(options), store_(std::move(store)) {
   sparse_ = options_.sparse ? options_.sparse : config_.sparse;
 }
 
@@ -66,19 +91,54 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_weights(ModelConfig config,
   layout.num_kv_heads = static_cast<int>(config.num_key_value_heads);
   layout.block_tokens = options.block_tokens;
   layout.head_dim = static_cast<int>(config.head_dim);
-  MNEMO_ASSIGN_OR_RETURN(auto arena,
-                         KvArena::create(layout, KvArena::slots_for_tokens(layout, options.kv_budget_tokens)));
+  KvStoreOptions store_options;
+  store_options.layout = layout;
+  store_options.gpu_budget_bytes = KvArena::slots_for_tokens(layout, options.kv_budget_tokens) * layout.slot_bytes();
+  store_options.host_budget_bytes =
+      options.host_budget_bytes > 0 ? options.host_budget_bytes : 2 * store_options.gpu_budget_bytes;
+  store_options.data_dir = options.data_dir;
+  store_options.fingerprint = model_fingerprint(config, weights);
+  MNEMO_ASSIGN_OR_RETURN(auto store, KvStore::open(store_options));
   return std::unique_ptr<LlamaModel>(
-      new LlamaModel(std::move(config), std::move(weights), options, std::move(arena)));
+      new LlamaModel(std::move(config), std::move(weights), options, std::move(store)));
 }
 
-Result<std::unique_ptr<Sequence>> LlamaModel::new_sequence() {
-  return std::unique_ptr<Sequence>(new Sequence(arena_.get()));
+Sequence::~Sequence() {
+  // Ephemeral sequences give their blocks back; persistent ones stay in the store for recovery.
+  if (!persistent_) store_->drop_sequence(id_).permit_unchecked();
 }
 
-Result<std::unique_ptr<Sequence>> LlamaModel::fork_sequence(const Sequence& parent) {
-  auto child = std::unique_ptr<Sequence>(new Sequence(arena_.get()));
-  MNEMO_RETURN_IF_ERROR(child->kv_.copy_from(parent.kv_));
+Result<std::unique_ptr<Sequence>> LlamaModel::new_sequence(SequenceId id, bool persistent) {
+  if (id == 0) id = next_sequence_id_++;
+  MNEMO_RETURN_IF_ERROR(store_->create_sequence(id));
+  return std::unique_ptr<Sequence>(new Sequence(store_.get(), id, persistent));
+}
+
+Result<std::unique_ptr<Sequence>> LlamaModel::recover_sequence(SequenceId id, int64_t max_tokens) {
+  MNEMO_ASSIGN_OR_RETURN(int64_t durable, store_->recover_sequence(id));
+  auto seq = std::unique_ptr<Sequence>(new Sequence(store_.get(), id, /*persistent=*/true));
+  seq->length_ = durable;
+  const int64_t keep = std::max<int64_t>(0, max_tokens) / options_.block_tokens * options_.block_tokens;
+  if (keep < durable) {
+    // Fewer tokens wanted than are durable (the caller re-runs the last ones for their logits): the
+    // store keeps whole sealed blocks only, so start over from a block boundary by re-creating it.
+    MNEMO_RETURN_IF_ERROR(store_->drop_sequence(id));
+    MNEMO_RETURN_IF_ERROR(store_->create_sequence(id));
+    seq->length_ = 0;
+  }
+  return seq;
+}
+
+Status LlamaModel::drop_sequence(std::unique_ptr<Sequence> seq) {
+  seq->persistent_ = true;  // dropped here, not again by the destructor
+  return store_->drop_sequence(seq->id_);
+}
+
+Result<std::unique_ptr<Sequence>> LlamaModel::fork_sequence(const Sequence& parent, SequenceId id, bool persistent) {
+  if (id == 0) id = next_sequence_id_++;
+  MNEMO_RETURN_IF_ERROR(store_->fork_sequence(parent.id_, id));
+  auto child = std::unique_ptr<Sequence>(new Sequence(store_.get(), id, persistent));
+  child->length_ = parent.length_;
   child->compressed_ = parent.compressed_;
   child->compressed_lse_ = parent.compressed_lse_;
   return child;
@@ -102,7 +162,10 @@ Status LlamaModel::forward(Sequence& seq, std::span<const int32_t> tokens, Tenso
     float* out = all_logits ? logits->data<float>() + c * vocab : logits->data<float>();
     Status s = forward_chunk(seq, tokens.subspan(c, m), out, all_logits);
     if (!s.ok()) {
-      seq.kv_.set_length(start_len);
+      // Earlier chunks stay committed (their KV is valid); this chunk's reservation is handed back.
+      store_->release_all();
+      store_->reserve(seq.id_, seq.length_).permit_unchecked();
+      (void)start_len;
       return s;
     }
   }
@@ -116,7 +179,7 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
   const int64_t new_len = pos0 + n;
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const int64_t d = c.head_dim, inter = c.intermediate_size, vocab = c.vocab_size;
-  MNEMO_RETURN_IF_ERROR(seq.kv_.reserve(new_len));
+  MNEMO_RETURN_IF_ERROR(store_->reserve(seq.id_, new_len));
 
   MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, new_len));
   RopeTable table(std::move(rope));
@@ -146,12 +209,17 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
       for (int64_t hh = 0; hh < heads; ++hh) table.apply(pos0 + t, q.data() + (t * heads + hh) * d);
       for (int hk = 0; hk < kv_heads; ++hk) {
         // Keys are stored un-rotated; attention rotates them as it loads them.
-        std::memcpy(seq.kv_.k_row(int(l), pos0 + t, hk), k.data() + (t * kv_heads + hk) * d, d * sizeof(float));
-        std::memcpy(seq.kv_.v_row(int(l), pos0 + t, hk), v.data() + (t * kv_heads + hk) * d, d * sizeof(float));
+        float* k_dst = store_->k_row(seq.id_, int(l), pos0 + t, hk);
+        float* v_dst = store_->v_row(seq.id_, int(l), pos0 + t, hk);
+        if (!k_dst || !v_dst) return internal_error("KV row of token ", pos0 + t, " is not reserved");
+        std::memcpy(k_dst, k.data() + (t * kv_heads + hk) * d, d * sizeof(float));
+        std::memcpy(v_dst, v.data() + (t * kv_heads + hk) * d, d * sizeof(float));
       }
     }
-    MNEMO_RETURN_IF_ERROR(attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index, table,
-                                 attn.data()));
+    Status attended = attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index, table,
+                             attn.data());
+    store_->release_all();  // this layer's blocks may be evicted for the next layer's
+    MNEMO_RETURN_IF_ERROR(attended);
     cpu::linear(attn.data(), w.o_proj.data<float>(), ptr(w.o_bias), o.data(), n, heads * d, hidden);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += o[i] * res_scale;
 
@@ -173,105 +241,10 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
     for (int64_t i = 0; i < rows * hidden; ++i) h[i] /= inv;
   }
   cpu::linear(h.data(), weights_.lm_head.data<float>(), nullptr, logits, rows, hidden, vocab);
-  seq.kv_.set_length(new_len);
+  MNEMO_RETURN_IF_ERROR(store_->commit(seq.id_, new_len));
+  seq.length_ = new_len;
   return Status::Ok();
 }
 
 }  // namespace mnemo
 
-namespace mnemo {
-
-Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float* q_nope,
-                          const std::vector<int64_t>& q_index, const RopeTable& table, float* out) {
-  const ModelConfig& c = config_;
-  const int64_t n = static_cast<int64_t>(q_index.size());
-  const int64_t kv_len = q_index.back() + 1;
-  const std::vector<int32_t>& blocks = seq.kv_.block_table(layer);
-  PagedKv kv;
-  kv.arena = arena_->data();
-  kv.num_kv_heads = int(c.num_key_value_heads);
-  kv.block_tokens = arena_->layout().block_tokens;
-  kv.head_dim = int(c.head_dim);
-  kv.block_table = blocks.data();
-  kv.num_blocks = static_cast<int64_t>(blocks.size());
-  kv.kv_len = kv_len;
-  const float softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-
-  // Queries before the dense/sparse switch run dense; decided per query so chunking never matters.
-  int64_t first_sparse = n;
-  SparseParams sp;
-  if (sparse_) {
-    sp = to_sparse_params(*sparse_);
-    for (int64_t i = 0; i < n; ++i) {
-      if (use_sparse(q_index[i] + 1, sp)) {
-        first_sparse = i;
-        break;
-      }
-    }
-    // Representatives grow with the stream whether or not this chunk needs them yet.
-    if (seq.compressed_.empty()) {
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-        seq.compressed_.emplace_back(kv.num_kv_heads, kv.head_dim, sp.kernel_size, sp.kernel_stride);
-        if (options_.approximate_selection_lse) {
-          seq.compressed_lse_.emplace_back(kv.num_kv_heads, kv.head_dim, lse_kernel_size(sp), lse_kernel_stride(sp));
-        }
-      }
-    }
-    const RopeTable* ck_rope = sp.use_nope ? nullptr : &table;
-    MNEMO_RETURN_IF_ERROR(seq.compressed_[layer].append_block(kv, kv_len, ck_rope));
-    if (options_.approximate_selection_lse) {
-      MNEMO_RETURN_IF_ERROR(seq.compressed_lse_[layer].append_block(kv, kv_len, ck_rope));
-    }
-  }
-
-  const int64_t heads = c.num_attention_heads, d = c.head_dim;
-  if (first_sparse > 0) {
-    DenseAttentionParams p;
-    p.q = q;
-    p.q_index = q_index.data();
-    p.num_q = first_sparse;
-    p.num_heads = int(heads);
-    p.kv = kv;
-    p.kv.kv_len = q_index[first_sparse - 1] + 1;
-    p.key_rope = &table;
-    p.softmax_scale = softmax_scale;
-    p.sliding_window = c.sliding_window;
-    p.out = out;
-    MNEMO_RETURN_IF_ERROR(dense_attention_cpu(p));
-  }
-  if (first_sparse == n) return Status::Ok();
-
-  // Stage 1 + top-k for the sparse queries, then stage 2 over exactly the chosen blocks.
-  const int64_t m = n - first_sparse;
-  const int max_selected = max_selected_blocks(sp);
-  std::vector<int32_t> block_ids(static_cast<size_t>(m * kv.num_kv_heads * max_selected));
-  BlockSelectParams sel;
-  sel.score.q = (q_nope ? q_nope : q) + first_sparse * heads * d;
-  sel.score.q_index = q_index.data() + first_sparse;
-  sel.score.num_q = m;
-  sel.score.num_heads = int(heads);
-  sel.score.keys = seq.compressed_[layer].view();
-  if (options_.approximate_selection_lse) sel.score.lse_keys = seq.compressed_lse_[layer].view();
-  sel.score.block_size = sp.block_size;
-  sel.score.num_blocks = kv.num_blocks;
-  sel.score.softmax_scale = softmax_scale;
-  sel.sparse = sp;
-  sel.max_selected = max_selected;
-  sel.block_ids = block_ids.data();
-  MNEMO_RETURN_IF_ERROR(select_blocks_cpu(sel));
-
-  SparseAttentionParams p;
-  p.q = q + first_sparse * heads * d;
-  p.q_index = q_index.data() + first_sparse;
-  p.num_q = m;
-  p.num_heads = int(heads);
-  p.kv = kv;
-  p.key_rope = &table;
-  p.softmax_scale = softmax_scale;
-  p.block_ids = block_ids.data();
-  p.max_selected = max_selected;
-  p.out = out + first_sparse * heads * d;
-  return sparse_attention_cpu(p);
-}
-
-}  // namespace mnemo

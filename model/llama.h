@@ -15,17 +15,23 @@
 
 #include "attention/compress.h"
 #include "attention/rope.h"
+#include "attention/sparse_params.h"
 #include "core/tensor.h"
 #include "memory/kv_cache.h"
+#include "memory/store.h"
 #include "model/config.h"
 #include "model/weights.h"
 
 namespace mnemo {
 
 struct ModelOptions {
-  // KV arena budget in tokens per sequence-slot set: the arena holds this many tokens for every layer,
-  // shared by all sequences of the model. Default: 65536 tokens.
+  // GPU-tier KV budget in tokens of every layer, shared by all sequences of the model (on CPU builds
+  // the "GPU" tier is a separate host arena). Default: 65536 tokens.
   int64_t kv_budget_tokens = 65536;
+  // Host-tier KV budget in bytes (sealed blocks' copies). Default: 0 = twice the GPU tier.
+  int64_t host_budget_bytes = 0;
+  // RocksDB directory of the disk tier; empty = no disk tier. Default: empty.
+  std::string data_dir;
   // Tokens per KV block. Default: 64 (the sparse_config block_size when the model has one).
   int block_tokens = 64;
   // Largest prefill chunk run at once; longer inputs are split. Default: 2048.
@@ -40,6 +46,9 @@ struct ModelOptions {
 
 class Sequence;
 
+// attention/'s view of the model's sparse_config.
+SparseParams to_sparse_params(const SparseConfig& config);
+
 class LlamaModel {
  public:
   static Result<std::unique_ptr<LlamaModel>> load(const std::string& model_dir, const ModelOptions& options = {});
@@ -52,10 +61,18 @@ class LlamaModel {
   // The sparse settings in force (options, else the checkpoint's), or none: always dense.
   const std::optional<SparseConfig>& sparse() const { return sparse_; }
 
-  Result<std::unique_ptr<Sequence>> new_sequence();
-  // A new sequence holding the same tokens' KV as `parent` (blocks copied; copy-on-write sharing comes
-  // with the tiered store).
-  Result<std::unique_ptr<Sequence>> fork_sequence(const Sequence& parent);
+  // A new, empty sequence. `id` 0 picks a fresh one. An ephemeral sequence's blocks are dropped from
+  // every tier when it is destroyed; a persistent one's stay in the store (see KvStore) for recovery.
+  Result<std::unique_ptr<Sequence>> new_sequence(SequenceId id = 0, bool persistent = false);
+  // A new sequence sharing `parent`'s sealed blocks copy-on-write (no block copies).
+  Result<std::unique_ptr<Sequence>> fork_sequence(const Sequence& parent, SequenceId id = 0, bool persistent = false);
+  // After a restart with a data_dir: the sequence `id` with its durable blocks, at most `max_tokens`
+  // long (whole blocks). The caller re-runs the tokens past its length().
+  Result<std::unique_ptr<Sequence>> recover_sequence(SequenceId id, int64_t max_tokens);
+  // Drops the sequence's blocks from every tier and the disk (a persistent sequence's too).
+  Status drop_sequence(std::unique_ptr<Sequence> seq);
+
+  KvStore& store() { return *store_; }
 
   // Appends `tokens` to `seq` and writes logits to `logits`: [tokens.size(), vocab] when `all_logits`,
   // else [1, vocab] for the last token. On error the sequence is unchanged (its length is not advanced).
@@ -63,7 +80,10 @@ class LlamaModel {
 
  private:
   struct Impl;
-  LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvArena> arena);
+  LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvStore> store);
+  // Makes the sequence's representatives cover its first `tokens` tokens in `layer`, loading blocks
+  // a bounded number at a time (they may be on host or disk after a recovery).
+  Status update_representatives(Sequence& seq, int layer, int64_t tokens, const RopeTable& table);
   Status forward_chunk(Sequence& seq, std::span<const int32_t> tokens, float* logits, bool all_logits);
   // Attention of one layer for queries at q_index (consecutive stream indices): dense before the
   // sparse switch, InfLLM-V2 (stage 1, top-k, stage 2) after it. out: [n, heads, head_dim].
@@ -73,20 +93,27 @@ class LlamaModel {
   ModelConfig config_;
   ModelWeights weights_;
   ModelOptions options_;
-  std::unique_ptr<KvArena> arena_;
+  std::unique_ptr<KvStore> store_;
   std::optional<SparseConfig> sparse_;
+  SequenceId next_sequence_id_ = uint64_t{1} << 62;  // fresh ids stay clear of callers' small ids
 };
 
 // One token stream's state: its KV blocks and length.
 class Sequence {
  public:
-  int64_t length() const { return kv_.length(); }
-  const SequenceKv& kv() const { return kv_; }
+  ~Sequence();
+  Sequence(const Sequence&) = delete;
+  Sequence& operator=(const Sequence&) = delete;
+  SequenceId id() const { return id_; }
+  int64_t length() const { return length_; }
 
  private:
   friend class LlamaModel;
-  explicit Sequence(KvArena* arena) : kv_(arena) {}
-  SequenceKv kv_;
+  Sequence(KvStore* store, SequenceId id, bool persistent) : store_(store), id_(id), persistent_(persistent) {}
+  KvStore* store_;
+  SequenceId id_;
+  bool persistent_;
+  int64_t length_ = 0;
   // Representatives for sparse selection, per layer: tier-1 (kernel_size) and tier-2 (4x) keys.
   std::vector<CompressedKeys> compressed_, compressed_lse_;
 };

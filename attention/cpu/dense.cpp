@@ -52,15 +52,20 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
   const int64_t d = kv.head_dim;
   const int64_t bt = kv.block_tokens;
   const int group = p.num_heads / kv.num_kv_heads;
-  int64_t max_index = 0;
-  for (int64_t i = 0; i < p.num_q; ++i) max_index = std::max(max_index, p.q_index[i]);
+  int64_t max_index = 0, min_index = INT64_MAX;
+  for (int64_t i = 0; i < p.num_q; ++i) {
+    max_index = std::max(max_index, p.q_index[i]);
+    min_index = std::min(min_index, p.q_index[i]);
+  }
   const int64_t visible = max_index + 1;  // keys any query of the chunk can see
+  // With a sliding window, blocks before every query's window are never read (and may be absent).
+  const int64_t first_block = p.sliding_window > 0 ? std::max<int64_t>(0, min_index - p.sliding_window + 1) / bt : 0;
   std::vector<float> keys(static_cast<size_t>(visible * d));
 
   for (int g = 0; g < kv.num_kv_heads; ++g) {
     // Gather (and rotate) keys [0, visible) of kv head g.
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < (visible + bt - 1) / bt; ++b) {
+    for (int64_t b = first_block; b < (visible + bt - 1) / bt; ++b) {
       const float* src = kv.k_block(b, g);
       const int64_t n = std::min(bt, visible - b * bt);
       for (int64_t t = 0; t < n; ++t) {
