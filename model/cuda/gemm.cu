@@ -4,6 +4,17 @@
 // w[out, in] is column-major (in x out), used transposed; row-major x[n, in] is column-major
 // (in x n). So Y = op_T(W) X with m = out, n = n, k = in. A bias is broadcast into y first and
 // the GEMM runs with beta = 1, so y = x w^T + bias is rounded once, in the GEMM's epilogue.
+//
+// "Rounded once" needs CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION. Without it cuBLAS may pick
+// a split-K algorithm that reduces the K-slices' partial sums in the output type: for bf16 y the
+// running sum (beta*C plus the slices so far) is rounded to bf16 before it is complete, so an output
+// whose partials cancel keeps an error of up to half a bf16 ulp of the partials, not of itself.
+// That is what the first H100 run (cuBLAS 13.0; in = 1032, out = 520, n = 1..257) showed in
+// tests/cuda/ops_test.cpp: bf16 y with a bias (beta = 1) was off by 0.001-0.008 (0.40625 for
+// 0.402418, -0.0078125 for -0.011249), i.e. half an ulp at |partial| ~ 1-4 whatever the size of the
+// output, while bias-free bf16 y and f32 y were within fp32-accumulation error. With the flag the
+// reduction stays in the fp32 compute type and the epilogue rounds alpha*acc + beta*C to bf16 once.
+// (PyTorch sets the same flag for bf16 GEMMs unless allow_bf16_reduced_precision_reduction is on.)
 #include <cstdint>
 #include <utility>
 
@@ -39,6 +50,8 @@ __global__ void broadcast_bias_kernel(const bf16* bias, T* y, int64_t n, int64_t
 Result<CublasHandle> CublasHandle::create() {
   CublasHandle h;
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasCreate(&h.handle_));
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(
+      h.handle_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   return Result<CublasHandle>(std::move(h));
 }
 
@@ -69,6 +82,10 @@ Status linear_launch(const LinearParams& p, cublasHandle_t handle, Workspace wor
   // cublasSetStream resets the workspace to cuBLAS's own pool, so it goes first.
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetStream(handle, stream));
   if (workspace.bytes > 0) MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(handle, workspace.data, workspace.bytes));
+  // Set on every call, not only in CublasHandle::create: the handle may come from elsewhere. Plain
+  // default math otherwise (no TF32: the operands are bf16 and the compute type is CUBLAS_COMPUTE_32F).
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(
+      handle, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   const bool f32 = p.y_dtype == DType::kF32;
   float beta = 0.0f;
   if (p.bias) {

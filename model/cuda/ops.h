@@ -99,7 +99,9 @@ struct ArgmaxParams {
 Status argmax_launch(const ArgmaxParams& p, cudaStream_t stream);
 
 // y[n, out] = x[n, in] . w[out, in]^T (+ bias[out]): PyTorch's Linear layout, bf16 operands, fp32
-// accumulation (cuBLAS, CUBLAS_COMPUTE_32F), y in bf16 or f32 (f32 suits logits).
+// accumulation (cuBLAS, CUBLAS_COMPUTE_32F), y in bf16 or f32 (f32 suits logits). y = x w^T + bias is
+// rounded to y_dtype once: the call sets CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION on the
+// handle, so no split-K reduction runs in bf16 (see gemm.cu).
 struct LinearParams {
   const bf16* x = nullptr;     // [n, in]
   const bf16* w = nullptr;     // [out, in]
