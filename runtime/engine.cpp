@@ -10,6 +10,8 @@
 #include <chrono>
 #include <sstream>
 
+#include "core/file.h"
+#include "runtime/persistence.h"
 #include "runtime/session.h"
 
 namespace mnemo {
@@ -29,9 +31,6 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
   if (options.positions == PositionPolicy::kBounded) {
     return unimplemented("the bounded position policy is not available yet (TODO(#6)); use exact");
   }
-  if (!options.data_dir.empty()) {
-    return unimplemented("persistent sessions (data_dir) are not available yet (TODO(#6))");
-  }
   if (options.chunk_tokens <= 0 || options.max_batch_tokens <= 0) {
     return invalid_argument("RuntimeOptions: chunk_tokens and max_batch_tokens must be positive");
   }
@@ -41,6 +40,14 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
   ModelOptions model_options;
   model_options.chunk_tokens = options.chunk_tokens;
   model_options.kv_budget_tokens = std::max<int64_t>(64, options.gpu_kv_budget_bytes / token_bytes);
+  model_options.host_budget_bytes = options.host_kv_budget_bytes;
+  model_options.data_dir = options.data_dir;
+  if (!options.sparse_config_path.empty()) {
+    MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(options.sparse_config_path));
+    MNEMO_ASSIGN_OR_RETURN(SparseConfig sparse, parse_sparse_config(text, options.sparse_config_path));
+    model_options.block_tokens = sparse.block_size;
+    model_options.sparse = sparse;
+  }
   MNEMO_ASSIGN_OR_RETURN(auto model, LlamaModel::load(dir, model_options));
   TokenizerOptions tok_options;
   if (!config.bos_token_ids.empty()) tok_options.bos_id = config.bos_token_ids[0];
@@ -79,20 +86,60 @@ std::string RuntimeImpl::fresh_id_locked() {
 }
 
 Result<std::shared_ptr<Session>> RuntimeImpl::create_session(std::string id) {
-  MNEMO_ASSIGN_OR_RETURN(auto seq, model_->new_sequence());
-  std::lock_guard<std::mutex> lock(mu_);
-  if (id.empty()) id = fresh_id_locked();
-  if (sessions_.count(id)) return invalid_argument("session '", id, "' already exists");
-  auto s = std::make_shared<SessionImpl>(this, id, std::move(seq));
-  sessions_[id] = s;
-  return std::shared_ptr<Session>(s);
+  if (!id.empty()) MNEMO_RETURN_IF_ERROR(persist::validate_session_id(id));
+  // Sequences are created on the engine thread: it alone touches the store's sequences.
+  return run_on_engine<std::shared_ptr<Session>>([this, id]() mutable -> Result<std::shared_ptr<Session>> {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (id.empty()) id = fresh_id_locked();
+      if (sessions_.count(id)) return invalid_argument("session '", id, "' already exists");
+    }
+    SequenceId seq_id = 0;
+    if (persistent()) {
+      if (persist::read_session(model_->store(), id).ok()) return invalid_argument("session '", id, "' already exists");
+      MNEMO_ASSIGN_OR_RETURN(seq_id, persist::next_sequence_id(model_->store()));
+    }
+    MNEMO_ASSIGN_OR_RETURN(auto seq, model_->new_sequence(seq_id, persistent()));
+    if (persistent()) MNEMO_RETURN_IF_ERROR(persist::write_session(model_->store(), {id, seq->id(), ""}));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = std::make_shared<SessionImpl>(this, id, std::move(seq));
+    sessions_[id] = s;
+    return std::shared_ptr<Session>(s);
+  });
 }
 
 Result<std::shared_ptr<Session>> RuntimeImpl::open_session(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) return not_found("unknown session '", id, "'");
-  return std::shared_ptr<Session>(it->second);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end()) return std::shared_ptr<Session>(it->second);
+  }
+  if (!persistent()) return not_found("unknown session '", id, "'");
+  MNEMO_RETURN_IF_ERROR(persist::validate_session_id(id).with_context("open_session"));
+  // Recovery: the token log is the truth; durable KV blocks are reused, the rest is recomputed.
+  return run_on_engine<std::shared_ptr<Session>>([this, id]() -> Result<std::shared_ptr<Session>> {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = sessions_.find(id);
+      if (it != sessions_.end()) return std::shared_ptr<Session>(it->second);
+    }
+    MNEMO_ASSIGN_OR_RETURN(persist::SessionRecord record, persist::read_session(model_->store(), id));
+    MNEMO_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, persist::read_tokens(model_->store(), id));
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    Tensor logits = persist::read_logits(model_->store(), id, n);
+    // Without stored logits of the whole stream the last token is run again to get them.
+    const int64_t max_kv = logits.defined() ? n : std::max<int64_t>(0, n - 1);
+    MNEMO_ASSIGN_OR_RETURN(auto seq, model_->recover_sequence(record.seq, max_kv));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = std::make_shared<SessionImpl>(this, id, std::move(seq));
+    s->parent_ = record.parent;
+    s->tokens_ = std::move(tokens);
+    s->prefilled_ = s->seq_->length();
+    s->logged_ = n;
+    if (s->prefilled_ == n) s->last_logits_ = std::move(logits);
+    sessions_[id] = s;
+    return std::shared_ptr<Session>(s);
+  });
 }
 
 std::vector<SessionInfo> RuntimeImpl::list_sessions() {
@@ -103,46 +150,66 @@ std::vector<SessionInfo> RuntimeImpl::list_sessions() {
   }
   std::vector<SessionInfo> out;
   for (auto& s : all) out.push_back(s->info());
+  if (persistent()) {
+    // Sessions on disk that are not open: their length from the token log.
+    auto records = persist::list_sessions(model_->store());
+    if (records.ok()) {
+      for (const auto& r : *records) {
+        if (std::any_of(out.begin(), out.end(), [&](const SessionInfo& i) { return i.id == r.id; })) continue;
+        SessionInfo info;
+        info.id = r.id;
+        info.parent = r.parent;
+        auto tokens = persist::read_tokens(model_->store(), r.id);
+        info.length = tokens.ok() ? static_cast<int64_t>(tokens->size()) : -1;
+        out.push_back(info);
+      }
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const SessionInfo& a, const SessionInfo& b) { return a.id < b.id; });
   return out;
 }
 
 Status RuntimeImpl::delete_session(const std::string& id) {
-  std::promise<Status> done;
-  auto f = done.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(id);
-    if (it == sessions_.end()) return not_found("unknown session '", id, "'");
-    std::shared_ptr<SessionImpl> s = it->second;
-    s->closed_ = true;
-    if (s->gen_) s->cancel_ = true;
-    // Removal happens on the engine thread, after any step that uses the session has finished.
-    control_.push_back([this, id, &done] {
-      std::shared_ptr<SessionImpl> victim;
-      {
-        std::lock_guard<std::mutex> inner(mu_);
-        auto it2 = sessions_.find(id);
-        if (it2 != sessions_.end()) {
-          victim = it2->second;
-          sessions_.erase(it2);
-        }
-      }
-      if (victim) {
-        std::unique_ptr<Generation> gen;
-        std::vector<std::promise<Status>> waiters;
-        {
-          std::lock_guard<std::mutex> inner(mu_);
-          gen = std::move(victim->gen_);
-          waiters = std::move(victim->prefill_waiters_);
-        }
-        if (gen) gen->promise.set_value(cancelled("session '", id, "' was deleted"));
-        for (auto& w : waiters) w.set_value(cancelled("session '", id, "' was deleted"));
-      }
-      done.set_value(Status::Ok());
-    });
+    if (it != sessions_.end()) {
+      it->second->closed_ = true;  // no new work; a running generation ends as cancelled
+      if (it->second->gen_) it->second->cancel_ = true;
+    }
   }
-  cv_.notify_all();
-  return f.get();
+  // Removal happens on the engine thread, after any step that uses the session has finished.
+  auto r = run_on_engine<bool>([this, id]() -> Result<bool> {
+    std::shared_ptr<SessionImpl> victim;
+    std::unique_ptr<Generation> gen;
+    std::vector<std::promise<Status>> waiters;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = sessions_.find(id);
+      if (it != sessions_.end()) {
+        victim = it->second;
+        sessions_.erase(it);
+        gen = std::move(victim->gen_);
+        waiters = std::move(victim->prefill_waiters_);
+      }
+    }
+    if (gen) gen->promise.set_value(cancelled("session '", id, "' was deleted"));
+    for (auto& w : waiters) w.set_value(cancelled("session '", id, "' was deleted"));
+    if (persistent()) {
+      Result<persist::SessionRecord> record = persist::read_session(model_->store(), id);
+      if (!record.ok() && !victim) return record.status();
+      if (victim) {
+        MNEMO_RETURN_IF_ERROR(model_->drop_sequence(std::move(victim->seq_)));
+      } else {
+        MNEMO_RETURN_IF_ERROR(model_->store().drop_sequence(record->seq));
+      }
+      MNEMO_RETURN_IF_ERROR(persist::delete_session(model_->store(), id));
+      return true;
+    }
+    if (!victim) return not_found("unknown session '", id, "'");
+    return true;
+  });
+  return r.status();
 }
 
 Result<std::shared_ptr<Session>> RuntimeImpl::fork_on_engine(const std::string& parent_id, std::string new_id) {
@@ -155,12 +222,31 @@ Result<std::shared_ptr<Session>> RuntimeImpl::fork_on_engine(const std::string& 
     if (new_id.empty()) new_id = fresh_id_locked();
     if (sessions_.count(new_id)) return invalid_argument("fork: session '", new_id, "' already exists");
   }
-  MNEMO_ASSIGN_OR_RETURN(auto seq, model_->fork_sequence(*parent->seq_));
+  MNEMO_RETURN_IF_ERROR(persist::validate_session_id(new_id).with_context("fork"));
+  SequenceId seq_id = 0;
+  if (persistent()) {
+    if (persist::read_session(model_->store(), new_id).ok()) {
+      return invalid_argument("fork: session '", new_id, "' already exists");
+    }
+    MNEMO_ASSIGN_OR_RETURN(seq_id, persist::next_sequence_id(model_->store()));
+  }
+  MNEMO_ASSIGN_OR_RETURN(auto seq, model_->fork_sequence(*parent->seq_, seq_id, persistent()));
+  std::vector<int32_t> tokens;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens = parent->tokens_;
+    tokens.insert(tokens.end(), parent->deferred_.begin(), parent->deferred_.end());
+  }
+  if (persistent()) {
+    // The child's log starts as a copy of the parent's (its KV blocks are shared, not copied).
+    MNEMO_RETURN_IF_ERROR(persist::append_tokens(model_->store(), new_id, 0, tokens, /*sync=*/false));
+    MNEMO_RETURN_IF_ERROR(persist::write_session(model_->store(), {new_id, seq->id(), parent_id}));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   auto child = std::make_shared<SessionImpl>(this, new_id, std::move(seq));
   child->parent_ = parent_id;
-  child->tokens_ = parent->tokens_;
-  child->tokens_.insert(child->tokens_.end(), parent->deferred_.begin(), parent->deferred_.end());
+  child->tokens_ = std::move(tokens);
+  child->logged_ = static_cast<int64_t>(child->tokens_.size());
   child->prefilled_ = parent->prefilled_;
   child->last_logits_ = parent->last_logits_.defined() ? *parent->last_logits_.to(Device::cpu()) : Tensor();
   sessions_[new_id] = child;
@@ -182,6 +268,14 @@ void RuntimeImpl::loop() {
   while (true) {
     cv_.wait(lock, [&] { return stop_ || has_work_locked(); });
     if (stop_) {
+      // Control tasks still queued (an open or delete racing shutdown) run so their callers return.
+      while (!control_.empty()) {
+        auto tasks = std::move(control_);
+        control_.clear();
+        lock.unlock();
+        for (auto& t : tasks) t();
+        lock.lock();
+      }
       // Finish: cancel generations and fail waiters so no future is left hanging.
       for (auto& [id, s] : sessions_) {
         if (s->gen_) s->gen_->promise.set_value(cancelled("the runtime is shutting down"));

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,6 +39,20 @@ class RuntimeImpl : public Runtime {
   // Runs one step: plans under the lock, runs the model unlocked, applies results under the lock.
   void step(std::unique_lock<std::mutex>& lock);
   void wake() { cv_.notify_all(); }
+  bool persistent() const { return !options_.data_dir.empty(); }
+  // Runs `fn` on the engine thread between steps and waits for its result. Never call it from the
+  // engine thread (a token callback).
+  template <typename T>
+  Result<T> run_on_engine(std::function<Result<T>()> fn) {
+    auto promise = std::make_shared<std::promise<Result<T>>>();
+    auto f = promise->get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      control_.push_back([promise, fn = std::move(fn)] { promise->set_value(fn()); });
+    }
+    cv_.notify_all();
+    return f.get();
+  }
   Result<std::shared_ptr<Session>> fork_on_engine(const std::string& parent, std::string new_id);
   std::string fresh_id_locked();
 

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "runtime/engine.h"
+#include "runtime/persistence.h"
 #include "runtime/session.h"
 
 namespace mnemo {
@@ -95,6 +96,14 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
   }
 
   const int64_t vocab = model_->config().vocab_size;
+  for (Job& j : jobs) {
+    SessionImpl& s = *j.session;
+    // An idle persistent session keeps the logits of its whole stream, so a reopen can generate
+    // without re-running its last token.
+    if (persistent() && j.status.ok() && s.pending_locked() == 0 && !s.gen_ && s.deferred_.empty()) {
+      persist::write_logits(model_->store(), s.id_, s.prefilled_, s.last_logits_).permit_unchecked();
+    }
+  }
   for (auto& sp : all) {
     SessionImpl& s = *sp;
     if (s.pending_locked() == 0 && !s.gen_ && s.deferred_.empty()) {
@@ -135,6 +144,17 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
     }
     s.tokens_.push_back(token);
     g.result.tokens.push_back(token);
+    if (persistent()) {
+      // Generated tokens join the log through the WAL without fsync: losing the last few to a crash
+      // loses no acknowledged append.
+      Status logged = persist::append_tokens(model_->store(), s.id_, s.logged_, {token}, /*sync=*/false);
+      if (!logged.ok()) {
+        s.broken_ = logged.with_context("session '" + s.id_ + "': token log");
+        finish(s, s.broken_, &after);
+        continue;
+      }
+      ++s.logged_;
+    }
     g.held += g.decoder->push(token);
     // Stop strings: emit text that can no longer be part of one; stop when one appears.
     bool stopped = false;

@@ -1,6 +1,7 @@
 #include "runtime/session.h"
 
 #include "runtime/engine.h"
+#include "runtime/persistence.h"
 
 namespace mnemo {
 namespace {
@@ -41,14 +42,17 @@ int64_t SessionImpl::runnable_locked() const {
 }
 
 std::future<Status> SessionImpl::append_text(std::string text) {
-  std::vector<int32_t> ids;
-  {
-    std::lock_guard<std::mutex> lock(rt_->mu_);
-    // The first append of a stream starts with BOS (when the tokenizer has one and adds it).
-    const bool first = tokens_.empty() && deferred_.empty();
-    ids = rt_->tokenizer_->encode(text, first && rt_->tokenizer_->add_bos_default());
+  // Tokenize outside the lock (a long text takes a while); the first append of a stream starts with
+  // BOS (when the tokenizer adds one), decided again under the lock in case another append won.
+  std::vector<int32_t> ids = rt_->tokenizer_->encode(text, false);
+  std::lock_guard<std::mutex> lock(rt_->mu_);
+  const int32_t bos = rt_->tokenizer_->bos_id();
+  if (tokens_.empty() && deferred_.empty() && bos >= 0 && rt_->tokenizer_->add_bos_default()) {
+    ids.insert(ids.begin(), bos);
   }
-  return append_tokens(std::move(ids));
+  Status s = append_locked(std::move(ids));
+  if (s.ok()) rt_->wake();
+  return ready(std::move(s));
 }
 
 std::future<Status> SessionImpl::append_tokens(std::vector<int32_t> ids) {
@@ -79,6 +83,11 @@ Status SessionImpl::append_locked(std::vector<int32_t> ids) {
   if (pending > rt_->options_.max_pending_tokens) {
     return out_of_budget("session '", id_, "': ", pending, " tokens would wait for prefill, more than ",
                          "max_pending_tokens (", rt_->options_.max_pending_tokens, "); wait_prefilled() first");
+  }
+  if (rt_->persistent()) {
+    // Acknowledged only once durable: the ids are in the store's WAL (fsync) before we return.
+    MNEMO_RETURN_IF_ERROR(persist::append_tokens(rt_->model_->store(), id_, logged_, ids, /*sync=*/true));
+    logged_ += static_cast<int64_t>(ids.size());
   }
   std::vector<int32_t>& dst = gen_ ? deferred_ : tokens_;
   dst.insert(dst.end(), ids.begin(), ids.end());

@@ -56,6 +56,7 @@ class SessionImpl : public Session {
   std::vector<int32_t> tokens_;         // the stream: acknowledged input and generated tokens
   std::vector<int32_t> deferred_;       // appended while generating; joins tokens_ when it ends
   int64_t prefilled_ = 0;               // tokens_[0, prefilled_) are in the KV cache
+  int64_t logged_ = 0;                  // tokens_ + deferred_ written to the store's token log
   std::unique_ptr<Generation> gen_;
   bool cancel_ = false;
   bool closed_ = false;
