@@ -1,5 +1,8 @@
 // mnemo: the command-line front end. Subcommands: run, logits (more come with the runtime).
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -20,6 +23,13 @@ const char* kTopUsage =
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenMP worker threads spin between parallel regions by default; on a shared or oversubscribed
+  // machine (the engine, server and helper threads all want cores) that made decode 70x slower in a
+  // measurement here. libgomp reads the policy when it loads, so set it and start again.
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default policy
+  }
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::fputs(kTopUsage, args.empty() ? stderr : stdout);
