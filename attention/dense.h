@@ -25,6 +25,10 @@ struct DenseAttentionParams {
   const RopeTable* key_rope = nullptr;  // rotates keys as loaded (size >= kv_len); null: as stored
   float softmax_scale = 0.0f;
   int64_t sliding_window = 0;      // > 0: query t sees only keys j > t - sliding_window (Mistral)
+  // Keys are rotated at j - rope_offset (queries must then be rotated at t - rope_offset): RoPE only
+  // sees relative positions, so a window far into a stream can use a small table. Every visited key
+  // must have j >= rope_offset. Default: 0.
+  int64_t rope_offset = 0;
   float* out = nullptr;            // [num_q, num_heads, head_dim]
   float* lse = nullptr;            // [num_q, num_heads] natural log; may be null
 };

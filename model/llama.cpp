@@ -181,9 +181,15 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
   const int64_t d = c.head_dim, inter = c.intermediate_size, vocab = c.vocab_size;
   MNEMO_RETURN_IF_ERROR(store_->reserve(seq.id_, new_len));
 
-  MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, new_len));
+  // Exact: keys and queries at their stream index. Bounded: distances never exceed the window, so a
+  // table of the window (plus this chunk) serves any stream length, offset to the window's start.
+  const bool bounded = options_.positions == PositionPolicy::kBounded;
+  const int64_t window = bounded ? bounded_window() : 0;
+  const int64_t bt = options_.block_tokens;
+  const int64_t rope_offset = bounded ? std::max<int64_t>(0, pos0 - window + 1) / bt * bt : 0;
+  MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, bounded ? std::min(new_len, window + n) : new_len));
   RopeTable table(std::move(rope));
-  table.ensure(new_len);
+  table.ensure(std::max(new_len - rope_offset, window + 1));
 
   std::vector<float> x(n * hidden), h(n * hidden), q(n * heads * d), k(n * kv_heads * d), v(n * kv_heads * d);
   std::vector<float> attn(n * heads * d), o(n * hidden), gate(n * inter), up(n * inter), q_nope;
@@ -204,9 +210,9 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
     cpu::linear(h.data(), w.q_proj.data<float>(), ptr(w.q_bias), q.data(), n, hidden, heads * d);
     cpu::linear(h.data(), w.k_proj.data<float>(), ptr(w.k_bias), k.data(), n, hidden, kv_heads * d);
     cpu::linear(h.data(), w.v_proj.data<float>(), ptr(w.v_bias), v.data(), n, hidden, kv_heads * d);
-    if (sparse_ && sparse_->use_nope) q_nope = q;  // stage 1 scores un-rotated queries
+    if ((sparse_ && sparse_->use_nope) || bounded) q_nope = q;  // un-rotated: stage 1, bounded memory
     for (int64_t t = 0; t < n; ++t) {
-      for (int64_t hh = 0; hh < heads; ++hh) table.apply(pos0 + t, q.data() + (t * heads + hh) * d);
+      for (int64_t hh = 0; hh < heads; ++hh) table.apply(pos0 + t - rope_offset, q.data() + (t * heads + hh) * d);
       for (int hk = 0; hk < kv_heads; ++hk) {
         // Keys are stored un-rotated; attention rotates them as it loads them.
         float* k_dst = store_->k_row(seq.id_, int(l), pos0 + t, hk);
@@ -216,8 +222,10 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
         std::memcpy(v_dst, v.data() + (t * kv_heads + hk) * d, d * sizeof(float));
       }
     }
-    Status attended = attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index, table,
-                             attn.data());
+    Status attended = bounded ? attend_bounded(seq, int(l), q.data(), q_nope.data(), q_index, table, rope_offset,
+                                               attn.data())
+                              : attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index,
+                                       table, attn.data());
     store_->release_all();  // this layer's blocks may be evicted for the next layer's
     MNEMO_RETURN_IF_ERROR(attended);
     cpu::linear(attn.data(), w.o_proj.data<float>(), ptr(w.o_bias), o.data(), n, heads * d, hidden);

@@ -24,7 +24,20 @@
 
 namespace mnemo {
 
+// How a stream's tokens are placed for RoPE (DESIGN.md "Positions in an unbounded stream").
+enum class PositionPolicy : uint8_t {
+  kExact,    // true positions
+  kBounded,  // InfLLM: keys in the local window keep their true distance to the query; every older
+             // key (init, memory blocks) sits at one fixed distance just beyond the window. The model
+             // never sees a distance larger than the window, however long the stream.
+};
+
 struct ModelOptions {
+  // Position policy. Default: exact.
+  PositionPolicy positions = PositionPolicy::kExact;
+  // Local window of the bounded policy, in tokens. Default: 0 = the sparse window_size with sparse
+  // attention, else half of max_position_embeddings.
+  int64_t bounded_window = 0;
   // GPU-tier KV budget in tokens of every layer, shared by all sequences of the model (on CPU builds
   // the "GPU" tier is a separate host arena). Default: 65536 tokens.
   int64_t kv_budget_tokens = 65536;
@@ -89,6 +102,11 @@ class LlamaModel {
   // sparse switch, InfLLM-V2 (stage 1, top-k, stage 2) after it. out: [n, heads, head_dim].
   Status attend(Sequence& seq, int layer, const float* q, const float* q_nope, const std::vector<int64_t>& q_index,
                 const RopeTable& table, float* out);
+  // The bounded policy: q_local rotated at t - rope_offset, q_raw un-rotated. Local window + memory
+  // (dense, or the sparse selection) as two partial attentions joined by their LSE.
+  Status attend_bounded(Sequence& seq, int layer, const float* q_local, const float* q_raw,
+                        const std::vector<int64_t>& q_index, const RopeTable& table, int64_t rope_offset, float* out);
+  int64_t bounded_window() const;
 
   ModelConfig config_;
   ModelWeights weights_;

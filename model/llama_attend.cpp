@@ -15,7 +15,8 @@ namespace mnemo {
 Status LlamaModel::update_representatives(Sequence& seq, int layer, int64_t tokens, const RopeTable& table) {
   const SparseParams sp = to_sparse_params(*sparse_);
   const int64_t bt = options_.block_tokens;
-  const RopeTable* rope = sp.use_nope ? nullptr : &table;
+  // Un-rotated representatives with use_nope, and always under the bounded policy (no absolute positions).
+  const RopeTable* rope = sp.use_nope || options_.positions == PositionPolicy::kBounded ? nullptr : &table;
   std::vector<CompressedKeys*> tiers = {&seq.compressed_[layer]};
   if (options_.approximate_selection_lse) tiers.push_back(&seq.compressed_lse_[layer]);
   // Catch up in groups of blocks so a long recovered stream never needs all its blocks at once.

@@ -32,7 +32,7 @@ Status validate(const DenseAttentionParams& p) {
       return invalid_argument("dense attention: key_rope head_dim: expected ", kv.head_dim, ", got ",
                               p.key_rope->rope().head_dim());
     }
-    if (p.key_rope->size() < kv.kv_len) {
+    if (p.key_rope->size() < kv.kv_len - p.rope_offset) {
       return invalid_argument("dense attention: key_rope table covers ", p.key_rope->size(),
                               " positions, kv_len is ", kv.kv_len);
     }
@@ -60,6 +60,10 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
   const int64_t visible = max_index + 1;  // keys any query of the chunk can see
   // With a sliding window, blocks before every query's window are never read (and may be absent).
   const int64_t first_block = p.sliding_window > 0 ? std::max<int64_t>(0, min_index - p.sliding_window + 1) / bt : 0;
+  if (p.key_rope && first_block * bt < p.rope_offset) {
+    return invalid_argument("dense attention: rope_offset ", p.rope_offset, " is past the first visited key ",
+                            first_block * bt);
+  }
   std::vector<float> keys(static_cast<size_t>(visible * d));
 
   for (int g = 0; g < kv.num_kv_heads; ++g) {
@@ -71,7 +75,7 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
       for (int64_t t = 0; t < n; ++t) {
         float* dst = keys.data() + (b * bt + t) * d;
         std::copy(src + t * d, src + (t + 1) * d, dst);
-        if (p.key_rope) p.key_rope->apply(b * bt + t, dst);
+        if (p.key_rope) p.key_rope->apply(b * bt + t - p.rope_offset, dst);
       }
     }
 #pragma omp parallel
