@@ -6,6 +6,7 @@
 
 #include "core/file.h"
 #include "runtime/cli/model_flags.h"
+#include "runtime/cli/session_commands.h"
 #include "runtime/generate.h"
 
 namespace mnemo::cli {
@@ -71,6 +72,8 @@ Status run_command(const std::vector<std::string>& args) {
       {"no-bos", "", "do not prepend the BOS token", ""},
       {"ignore-eos", "", "keep generating past EOS", ""},
       {"stats", "", "print timing to stderr at the end", ""},
+      {"session", "ID", "continue this persistent session (needs --data-dir)", ""},
+      {"data-dir", "DIR", "folder of the persistent sessions, with --session", ""},
   });
   MNEMO_ASSIGN_OR_RETURN(Flags f, Flags::parse("run", specs, args));
   if (f.has("help")) {
@@ -82,6 +85,7 @@ Status run_command(const std::vector<std::string>& args) {
   GenerateOptions options;
   MNEMO_ASSIGN_OR_RETURN(options.sampling, sampling_from_flags(f));
   MNEMO_ASSIGN_OR_RETURN(options.max_new_tokens, f.get_int("n-predict", 128, 0, int64_t{1} << 40));
+  if (f.has("session") || f.has("data-dir")) return run_session_command(f, options);
   MNEMO_ASSIGN_OR_RETURN(LoadedModel m, load_model_from_flags(f, /*need_tokenizer=*/true));
   Tokenizer& tok = *m.tokenizer;
   std::vector<int32_t> prompt = tok.encode(f.get("prompt"), /*add_bos=*/!f.has("no-bos"));

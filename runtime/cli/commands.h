@@ -13,5 +13,7 @@ Status run_command(const std::vector<std::string>& args);
 Status logits_command(const std::vector<std::string>& args);
 Status serve_command(const std::vector<std::string>& args);
 Status eval_command(const std::vector<std::string>& args);
+Status ingest_command(const std::vector<std::string>& args);    // session_commands.cpp
+Status sessions_command(const std::vector<std::string>& args);  // session_commands.cpp
 
 }  // namespace mnemo::cli

@@ -18,7 +18,9 @@ const char* kTopUsage =
     "  run      generate text from a prompt, streaming tokens to stdout\n"
     "  logits   write float32 logits of every position to a .npy file\n"
     "  eval     evaluate a model (eval passkey: long-context retrieval accuracy)\n"
-    "  serve    serve the OpenAI-compatible and sessions HTTP API\n";
+    "  serve    serve the OpenAI-compatible and sessions HTTP API\n"
+    "  ingest   stream a text file into a persistent session (resumable)\n"
+    "  sessions list, show or delete the persistent sessions of a data dir\n";
 
 }  // namespace
 
@@ -46,6 +48,10 @@ int main(int argc, char** argv) {
     status = mnemo::cli::serve_command(args);
   } else if (command == "eval") {
     status = mnemo::cli::eval_command(args);
+  } else if (command == "ingest") {
+    status = mnemo::cli::ingest_command(args);
+  } else if (command == "sessions") {
+    status = mnemo::cli::sessions_command(args);
   } else {
     std::fprintf(stderr, "mnemo: unknown command '%s'\n\n%s", command.c_str(), kTopUsage);
     return 2;
