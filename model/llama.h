@@ -20,17 +20,10 @@
 #include "memory/kv_cache.h"
 #include "memory/store.h"
 #include "model/config.h"
+#include "model/positions.h"
 #include "model/weights.h"
 
 namespace mnemo {
-
-// How a stream's tokens are placed for RoPE (DESIGN.md "Positions in an unbounded stream").
-enum class PositionPolicy : uint8_t {
-  kExact,    // true positions
-  kBounded,  // InfLLM: keys in the local window keep their true distance to the query; every older
-             // key (init, memory blocks) sits at one fixed distance just beyond the window. The model
-             // never sees a distance larger than the window, however long the stream.
-};
 
 struct ModelOptions {
   // Position policy. Default: exact.

@@ -28,9 +28,6 @@ const char* finish_reason_name(FinishReason r) {
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
-  if (options.positions == PositionPolicy::kBounded) {
-    return unimplemented("the bounded position policy is not available yet (TODO(#6)); use exact");
-  }
   if (options.chunk_tokens <= 0 || options.max_batch_tokens <= 0) {
     return invalid_argument("RuntimeOptions: chunk_tokens and max_batch_tokens must be positive");
   }
@@ -42,6 +39,7 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
   model_options.kv_budget_tokens = std::max<int64_t>(64, options.gpu_kv_budget_bytes / token_bytes);
   model_options.host_budget_bytes = options.host_kv_budget_bytes;
   model_options.data_dir = options.data_dir;
+  model_options.positions = options.positions;
   if (!options.sparse_config_path.empty()) {
     MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(options.sparse_config_path));
     MNEMO_ASSIGN_OR_RETURN(SparseConfig sparse, parse_sparse_config(text, options.sparse_config_path));

@@ -212,6 +212,30 @@ std::string RuntimeImpl::metrics_text() const {
      << "# TYPE mnemo_model_seconds_total counter\nmnemo_model_seconds_total " << model_seconds_ << "\n"
      << "# HELP mnemo_sessions Live sessions.\n# TYPE mnemo_sessions gauge\nmnemo_sessions " << sessions_.size()
      << "\n";
+  // The KV store: hits and misses per tier, bytes moved, stalls, occupancy (memory/store.h).
+  const KvStoreMetrics m = model_->store().metrics();
+  auto counter = [&os](const char* name, const char* help, double v) {
+    os << "# HELP " << name << " " << help << "\n# TYPE " << name << " counter\n" << name << " " << v << "\n";
+  };
+  auto gauge = [&os](const char* name, const char* help, double v) {
+    os << "# HELP " << name << " " << help << "\n# TYPE " << name << " gauge\n" << name << " " << v << "\n";
+  };
+  counter("mnemo_kv_gpu_hits_total", "Requested blocks already in GPU slots.", double(m.gpu_hits));
+  counter("mnemo_kv_gpu_misses_total", "Requested blocks loaded into GPU slots.", double(m.gpu_misses));
+  counter("mnemo_kv_host_hits_total", "GPU misses served from the host tier.", double(m.host_hits));
+  counter("mnemo_kv_disk_reads_total", "GPU misses read from disk.", double(m.disk_reads));
+  counter("mnemo_kv_bytes_host_to_gpu_total", "Bytes copied host to GPU.", double(m.bytes_host_to_gpu));
+  counter("mnemo_kv_bytes_disk_to_host_total", "Bytes read from disk.", double(m.bytes_disk_to_host));
+  counter("mnemo_kv_bytes_host_to_disk_total", "Bytes written behind to disk.", double(m.bytes_host_to_disk));
+  counter("mnemo_kv_gpu_evictions_total", "Blocks evicted from GPU slots.", double(m.gpu_evictions));
+  counter("mnemo_kv_host_evictions_total", "Host copies dropped (durable on disk).", double(m.host_evictions));
+  counter("mnemo_kv_stall_seconds_total", "Time steps waited for KV loads or write-behind.", m.stall_seconds);
+  gauge("mnemo_kv_gpu_slots_used", "GPU slots in use.", double(m.gpu_slots_used));
+  gauge("mnemo_kv_gpu_slots_total", "GPU slots (the GPU tier budget).", double(m.gpu_slots_total));
+  gauge("mnemo_kv_host_slots_used", "Host slots in use.", double(m.host_slots_used));
+  gauge("mnemo_kv_host_slots_total", "Host slots (the host tier budget).", double(m.host_slots_total));
+  gauge("mnemo_kv_disk_blocks", "Blocks durable on disk.", double(m.disk_blocks));
+  gauge("mnemo_kv_pending_writes", "Sealed blocks not yet durable.", double(m.pending_writes));
   return os.str();
 }
 

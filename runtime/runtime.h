@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "model/positions.h"
 #include "model/sampler.h"
 
 namespace mnemo {
@@ -31,11 +32,6 @@ namespace mnemo {
 struct ModelConfig;
 class Tokenizer;
 
-// How positions are assigned in a stream longer than the model was trained on (DESIGN.md).
-enum class PositionPolicy : uint8_t {
-  kExact,    // true positions; appends past max_position_embeddings fail with kOutOfBudget
-  kBounded,  // InfLLM: local window keeps true distances, memory blocks at a fixed distance
-};
 
 struct RuntimeOptions {
   std::string model_dir;            // HF folder. Default: "" = the bundled models/tiny

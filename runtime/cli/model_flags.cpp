@@ -22,6 +22,8 @@ std::vector<FlagSpec> model_flag_specs() {
       {"device", "NAME", "cpu or cuda[:N]", "cpu"},
       {"kv-budget-tokens", "N", "KV cache capacity in tokens", "65536"},
       {"chunk-tokens", "N", "largest prefill chunk", "2048"},
+      {"positions", "POLICY", "exact (true positions) or bounded (InfLLM: distances capped at a window)", "exact"},
+      {"bounded-window", "N", "local window of the bounded policy, in tokens", "sparse window_size, else half the model's context"},
       {"sparse-config", "FILE.json", "InfLLM-V2 sparse attention (MiniCPM4 sparse_config keys), for any model",
        "the checkpoint's sparse_config, else dense"},
   };
@@ -35,6 +37,13 @@ Result<LoadedModel> load_model_from_flags(const Flags& flags, bool need_tokenize
   ModelOptions options;
   MNEMO_ASSIGN_OR_RETURN(options.kv_budget_tokens, flags.get_int("kv-budget-tokens", 65536, 64, int64_t{1} << 40));
   MNEMO_ASSIGN_OR_RETURN(options.chunk_tokens, flags.get_int("chunk-tokens", 2048, 1, int64_t{1} << 30));
+  const std::string positions = flags.get("positions", "exact");
+  if (positions == "bounded") {
+    options.positions = PositionPolicy::kBounded;
+  } else if (positions != "exact") {
+    return invalid_argument("--positions: expected 'exact' or 'bounded', got '", positions, "'");
+  }
+  MNEMO_ASSIGN_OR_RETURN(options.bounded_window, flags.get_int("bounded-window", 0, 0, int64_t{1} << 40));
   if (flags.has("sparse-config")) {
     const std::string path = flags.get("sparse-config");
     MNEMO_ASSIGN_OR_RETURN(std::string text, read_text_file(path));
