@@ -49,9 +49,7 @@ Status LlamaModel::attend_bounded(Sequence& seq, int layer, const float* q_local
   std::vector<int64_t> mem_index(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) mem_index[i] = q_index[first_mem + i] - window;  // causal bound t - W
 
-  // Which memory blocks: all of them (dense), or the sparse selection filtered to the memory range.
-  std::vector<char> needed(static_cast<size_t>(num_blocks), 0);
-  for (int64_t b = std::max<int64_t>(0, q_index[0] - window + 1) / bt; b < num_blocks; ++b) needed[b] = 1;
+  // Memory blocks: all of them (dense), or the sparse selection filtered to the memory range.
   SparseParams sp;
   bool sparse_memory = false;
   int max_selected = 0;
@@ -96,76 +94,111 @@ Status LlamaModel::attend_bounded(Sequence& seq, int layer, const float* q_local
           if (row[j] >= 0 && row[j] <= last_block) row[k++] = row[j];
         }
         std::fill(row + k, row + max_selected, -1);
-        for (int j = 0; j < k; ++j) needed[row[j]] = 1;
       }
     }
-  } else if (m > 0) {
-    for (int64_t b = 0; b <= mem_index.back() / bt; ++b) needed[b] = 1;
   }
 
-  std::vector<int64_t> ids;
-  for (int64_t b = 0; b < num_blocks; ++b) {
-    if (needed[b]) ids.push_back(b);
-  }
-  std::vector<int32_t> slots;
-  MNEMO_RETURN_IF_ERROR(store_->acquire(seq.id_, layer, ids, &slots));
-  std::vector<int32_t> block_table(static_cast<size_t>(num_blocks), -1);
-  for (size_t i = 0; i < ids.size(); ++i) block_table[ids[i]] = slots[i];
-  PagedKv kv;
-  kv.arena = store_->gpu_arena();
-  kv.num_kv_heads = kv_heads;
-  kv.block_tokens = int(bt);
-  kv.head_dim = int(d);
-  kv.block_table = block_table.data();
-  kv.num_blocks = num_blocks;
-  kv.kv_len = kv_len;
+  // Pins the blocks marked in `want` and returns a block table over them (-1 elsewhere).
+  auto pin = [&](const std::vector<char>& want, std::vector<int32_t>* table, PagedKv* kv) -> Status {
+    std::vector<int64_t> ids;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      if (want[b]) ids.push_back(b);
+    }
+    std::vector<int32_t> slots;
+    MNEMO_RETURN_IF_ERROR(store_->acquire(seq.id_, layer, ids, &slots));
+    table->assign(static_cast<size_t>(num_blocks), -1);
+    for (size_t i = 0; i < ids.size(); ++i) (*table)[ids[i]] = slots[i];
+    kv->arena = store_->gpu_arena();
+    kv->num_kv_heads = kv_heads;
+    kv->block_tokens = int(bt);
+    kv->head_dim = int(d);
+    kv->block_table = table->data();
+    kv->num_blocks = num_blocks;
+    kv->kv_len = kv_len;
+    return Status::Ok();
+  };
 
   // Local partial: every query, keys within its window, true relative distances.
   std::vector<float> local_lse(static_cast<size_t>(n * heads));
-  DenseAttentionParams local;
-  local.q = q_local;
-  local.q_index = q_index.data();
-  local.num_q = n;
-  local.num_heads = int(heads);
-  local.kv = kv;
-  local.key_rope = &table;
-  local.rope_offset = rope_offset;
-  local.softmax_scale = softmax_scale;
-  local.sliding_window = window;
-  local.out = out;
-  local.lse = local_lse.data();
-  MNEMO_RETURN_IF_ERROR(dense_attention_cpu(local));
+  {
+    std::vector<char> want(static_cast<size_t>(num_blocks), 0);
+    for (int64_t b = std::max<int64_t>(0, q_index[0] - window + 1) / bt; b < num_blocks; ++b) want[b] = 1;
+    std::vector<int32_t> table_slots;
+    DenseAttentionParams local;
+    MNEMO_RETURN_IF_ERROR(pin(want, &table_slots, &local.kv));
+    local.q = q_local;
+    local.q_index = q_index.data();
+    local.num_q = n;
+    local.num_heads = int(heads);
+    local.key_rope = &table;
+    local.rope_offset = rope_offset;
+    local.softmax_scale = softmax_scale;
+    local.sliding_window = window;
+    local.out = out;
+    local.lse = local_lse.data();
+    Status st = dense_attention_cpu(local);
+    store_->release_all();
+    MNEMO_RETURN_IF_ERROR(st);
+  }
   if (m == 0) return Status::Ok();
 
-  // Memory partial: un-rotated keys, the query rotated at distance W.
+  // Memory partial: un-rotated keys, the query rotated at distance W. Sparse memory runs in groups
+  // of queries whose selected blocks fit the GPU tier together (halving the group when they do not);
+  // results do not depend on the grouping.
   std::vector<float> q_mem(q_raw + first_mem * heads * d, q_raw + n * heads * d);
   for (int64_t i = 0; i < m * heads; ++i) table.apply(window, q_mem.data() + i * d);
   std::vector<float> mem_out(static_cast<size_t>(m * heads * d)), mem_lse(static_cast<size_t>(m * heads));
-  if (sparse_memory) {
-    SparseAttentionParams p;
-    p.q = q_mem.data();
-    p.q_index = mem_index.data();
-    p.num_q = m;
-    p.num_heads = int(heads);
-    p.kv = kv;
-    p.softmax_scale = softmax_scale;
-    p.block_ids = block_ids.data();
-    p.max_selected = max_selected;
-    p.out = mem_out.data();
-    p.lse = mem_lse.data();
-    MNEMO_RETURN_IF_ERROR(sparse_attention_cpu(p));
-  } else {
-    DenseAttentionParams p;
-    p.q = q_mem.data();
-    p.q_index = mem_index.data();
-    p.num_q = m;
-    p.num_heads = int(heads);
-    p.kv = kv;
-    p.kv.kv_len = mem_index.back() + 1;
-    p.softmax_scale = softmax_scale;
-    p.out = mem_out.data();
-    p.lse = mem_lse.data();
-    MNEMO_RETURN_IF_ERROR(dense_attention_cpu(p));
+  int64_t group = m;
+  for (int64_t i0 = 0; i0 < m;) {
+    const int64_t i1 = std::min(m, i0 + group);
+    std::vector<char> want(static_cast<size_t>(num_blocks), 0);
+    if (sparse_memory) {
+      for (int64_t k = i0 * kv_heads * max_selected; k < i1 * kv_heads * max_selected; ++k) {
+        if (block_ids[k] >= 0) want[block_ids[k]] = 1;
+      }
+    } else {
+      for (int64_t b = 0; b <= mem_index[i1 - 1] / bt; ++b) want[b] = 1;
+    }
+    std::vector<int32_t> table_slots;
+    PagedKv kv;
+    Status pinned = pin(want, &table_slots, &kv);
+    if (!pinned.ok()) {
+      if (pinned.code() == StatusCode::kOutOfBudget && group > 1) {
+        group = (group + 1) / 2;
+        continue;
+      }
+      return pinned;
+    }
+    Status st;
+    if (sparse_memory) {
+      SparseAttentionParams p;
+      p.q = q_mem.data() + i0 * heads * d;
+      p.q_index = mem_index.data() + i0;
+      p.num_q = i1 - i0;
+      p.num_heads = int(heads);
+      p.kv = kv;
+      p.softmax_scale = softmax_scale;
+      p.block_ids = block_ids.data() + i0 * kv_heads * max_selected;
+      p.max_selected = max_selected;
+      p.out = mem_out.data() + i0 * heads * d;
+      p.lse = mem_lse.data() + i0 * heads;
+      st = sparse_attention_cpu(p);
+    } else {
+      DenseAttentionParams p;
+      p.q = q_mem.data() + i0 * heads * d;
+      p.q_index = mem_index.data() + i0;
+      p.num_q = i1 - i0;
+      p.num_heads = int(heads);
+      p.kv = kv;
+      p.kv.kv_len = mem_index[i1 - 1] + 1;
+      p.softmax_scale = softmax_scale;
+      p.out = mem_out.data() + i0 * heads * d;
+      p.lse = mem_lse.data() + i0 * heads;
+      st = dense_attention_cpu(p);
+    }
+    store_->release_all();
+    MNEMO_RETURN_IF_ERROR(st);
+    i0 = i1;
   }
   AttentionMergeParams merge;
   merge.out_a = out + first_mem * heads * d;

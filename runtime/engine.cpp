@@ -36,7 +36,6 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
   const int64_t token_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;
   ModelOptions model_options;
   model_options.chunk_tokens = options.chunk_tokens;
-  model_options.kv_budget_tokens = std::max<int64_t>(64, options.gpu_kv_budget_bytes / token_bytes);
   model_options.host_budget_bytes = options.host_kv_budget_bytes;
   model_options.data_dir = options.data_dir;
   model_options.positions = options.positions;
@@ -46,6 +45,9 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
     model_options.block_tokens = sparse.block_size;
     model_options.sparse = sparse;
   }
+  // Whole blocks of every layer that fit the byte budget (never more than it).
+  const int64_t block_bytes = token_bytes * model_options.block_tokens;
+  model_options.kv_budget_tokens = std::max<int64_t>(1, options.gpu_kv_budget_bytes / block_bytes) * model_options.block_tokens;
   MNEMO_ASSIGN_OR_RETURN(auto model, LlamaModel::load(dir, model_options));
   TokenizerOptions tok_options;
   if (!config.bos_token_ids.empty()) tok_options.bos_id = config.bos_token_ids[0];

@@ -85,6 +85,12 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
     if (!j.status.ok()) {
       s.broken_ = j.status.with_context("session '" + s.id_ + "'");
       if (s.gen_) finish(s, s.broken_, &after);
+      // Nobody may wait forever on a session that can no longer make progress.
+      for (auto& w : s.prefill_waiters_) {
+        auto p = std::make_shared<std::promise<Status>>(std::move(w));
+        after.push_back([p, st = s.broken_] { p->set_value(st); });
+      }
+      s.prefill_waiters_.clear();
       continue;
     }
     s.prefilled_ += static_cast<int64_t>(j.tokens.size());

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <random>
 #include <chrono>
 #include <thread>
 
@@ -207,6 +210,59 @@ TEST(Runtime, DeletingASessionWithWorkInFlightFailsItsFutures) {
   }
   EXPECT_EQ((*s)->append_text("more").get().code(), StatusCode::kCancelled);
   EXPECT_EQ(rt->open_session("victim").status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace mnemo
+
+namespace mnemo {
+namespace {
+
+double metric(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
+}
+
+TEST(RuntimeBounded, StreamsPastMaxPositionEmbeddingsWithinTierBudgets) {
+  const std::string dir = testing::TempDir() + "/mnemo_bounded_stream";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string sparse = dir + "/sparse.json";
+  std::ofstream(sparse) << R"({"window_size": 256, "topk": 4, "dense_len": 512, "use_nope": true})";
+  RuntimeOptions o;
+  o.model_dir = "models/tiny";
+  o.positions = PositionPolicy::kBounded;
+  o.sparse_config_path = sparse;
+  o.data_dir = dir + "/data";
+  o.chunk_tokens = 64;
+  o.gpu_kv_budget_bytes = int64_t{32} * 64 * 1024;   // 32 slots of 64 KiB: a step's blocks, not the stream
+  o.host_kv_budget_bytes = int64_t{48} * 64 * 1024;  // 48 slots: the rest only on disk
+  auto rt = Runtime::open(o);
+  ASSERT_TRUE(rt.ok()) << rt.status().to_string();
+  auto s = (*rt)->create_session("long");
+  ASSERT_TRUE(s.ok());
+  const int64_t limit = (*rt)->model_config().max_position_embeddings;
+  std::mt19937 rng(5);
+  int64_t appended = 0;
+  while (appended < 2 * limit + 500) {
+    std::vector<int32_t> chunk(200);
+    for (auto& x : chunk) x = int32_t(3 + rng() % 4000);
+    ASSERT_TRUE((*s)->append_tokens(chunk).get().ok());
+    appended += 200;
+  }
+  const Status prefilled = (*s)->wait_prefilled().get();
+  ASSERT_TRUE(prefilled.ok()) << prefilled.to_string();
+  auto r = (*s)->generate({.max_new_tokens = 8, .ignore_eos = true}).get();
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->tokens.size(), 8u);
+  EXPECT_GT((*s)->info().length, 2 * limit);
+  const std::string m = (*rt)->metrics_text();
+  EXPECT_LE(metric(m, "mnemo_kv_gpu_slots_used"), metric(m, "mnemo_kv_gpu_slots_total"));
+  EXPECT_LE(metric(m, "mnemo_kv_host_slots_used"), metric(m, "mnemo_kv_host_slots_total"));
+  EXPECT_LE(metric(m, "mnemo_kv_gpu_slots_total"), 32);  // whole blocks within the byte budget
+  EXPECT_GT(metric(m, "mnemo_kv_gpu_evictions_total"), 0);
+  EXPECT_GT(metric(m, "mnemo_kv_disk_reads_total") + metric(m, "mnemo_kv_host_hits_total"), 0);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
