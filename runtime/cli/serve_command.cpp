@@ -20,6 +20,11 @@ Status serve_command(const std::vector<std::string>& args) {
       {"timeout-ms", "MS", "read and write timeout of a connection", "30000"},
       {"chunk-tokens", "N", "largest prefill chunk of one session per step", "2048"},
       {"max-batch-tokens", "N", "tokens per engine step across sessions", "4096"},
+      {"data-dir", "DIR", "persistent sessions and KV on disk (RocksDB); sessions survive restarts", "in memory"},
+      {"positions", "POLICY", "exact or bounded (streams past the model's trained positions)", "exact"},
+      {"sparse-config", "FILE.json", "InfLLM-V2 sparse attention (MiniCPM4 sparse_config keys)", "the model's"},
+      {"gpu-kv-mib", "N", "KV budget of the compute-device tier, MiB", "1024"},
+      {"host-kv-mib", "N", "KV budget of the host tier, MiB", "4096"},
       {"help", "", "show this help", ""},
   };
   MNEMO_ASSIGN_OR_RETURN(Flags f, Flags::parse("serve", specs, args));
@@ -34,6 +39,18 @@ Status serve_command(const std::vector<std::string>& args) {
   runtime_options.model_dir = f.get("model", default_model_dir());
   MNEMO_ASSIGN_OR_RETURN(runtime_options.chunk_tokens, f.get_int("chunk-tokens", 2048, 1, int64_t{1} << 30));
   MNEMO_ASSIGN_OR_RETURN(runtime_options.max_batch_tokens, f.get_int("max-batch-tokens", 4096, 1, int64_t{1} << 30));
+  runtime_options.data_dir = f.get("data-dir");
+  runtime_options.sparse_config_path = f.get("sparse-config");
+  const std::string positions = f.get("positions", "exact");
+  if (positions == "bounded") {
+    runtime_options.positions = PositionPolicy::kBounded;
+  } else if (positions != "exact") {
+    return invalid_argument("mnemo serve: --positions: expected 'exact' or 'bounded', got '", positions, "'");
+  }
+  MNEMO_ASSIGN_OR_RETURN(int64_t gpu_mib, f.get_int("gpu-kv-mib", 1024, 1, int64_t{1} << 24));
+  MNEMO_ASSIGN_OR_RETURN(int64_t host_mib, f.get_int("host-kv-mib", 4096, 1, int64_t{1} << 24));
+  runtime_options.gpu_kv_budget_bytes = gpu_mib << 20;
+  runtime_options.host_kv_budget_bytes = host_mib << 20;
 
   server::ServerOptions options;
   options.host = f.get("host", "127.0.0.1");
