@@ -241,6 +241,8 @@ std::string RuntimeImpl::metrics_text() const {
   gauge("mnemo_kv_host_slots_used", "Host slots in use.", double(m.host_slots_used));
   gauge("mnemo_kv_host_slots_total", "Host slots (the host tier budget).", double(m.host_slots_total));
   gauge("mnemo_kv_disk_blocks", "Blocks durable on disk.", double(m.disk_blocks));
+  gauge("mnemo_kv_blocks", "Distinct KV blocks of live sequences (shared ones once).", double(m.blocks));
+  gauge("mnemo_kv_shared_blocks", "Blocks shared copy-on-write by forks.", double(m.shared_blocks));
   gauge("mnemo_kv_pending_writes", "Sealed blocks not yet durable.", double(m.pending_writes));
   return os.str();
 }

@@ -16,6 +16,11 @@
 namespace mnemo {
 namespace {
 
+double metric(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
+}
+
 std::unique_ptr<Runtime> open_runtime(RuntimeOptions options = {}) {
   options.model_dir = "models/tiny";
   auto rt = Runtime::open(options);
@@ -91,9 +96,21 @@ TEST(Runtime, ForkContinuesLikeARunFromScratch) {
   ASSERT_TRUE(rt);
   auto s = rt->create_session();
   ASSERT_TRUE(s.ok());
-  ASSERT_TRUE((*s)->append_text("In the beginning God created").get().ok());
+  // Long enough to seal blocks: a fork shares them instead of copying.
+  std::string prefix;
+  for (int i = 0; i < 12; ++i) prefix += "In the beginning God created the heaven and the earth. ";
+  ASSERT_TRUE((*s)->append_text(prefix + "In the beginning God created").get().ok());
+  ASSERT_TRUE((*s)->wait_prefilled().get().ok());
+  const std::string before = rt->metrics_text();
   auto child = (*s)->fork().get();
   ASSERT_TRUE(child.ok()) << child.status().to_string();
+  const std::string after = rt->metrics_text();
+  const int64_t sealed = static_cast<int64_t>((*s)->tokens().size()) / 64 * rt->model_config().num_hidden_layers;
+  ASSERT_GT(sealed, 0);
+  EXPECT_EQ(metric(after, "mnemo_kv_shared_blocks"), sealed) << "every sealed block is shared, none copied";
+  // Only the open blocks (one per layer) were copied for the child.
+  EXPECT_EQ(metric(after, "mnemo_kv_blocks") - metric(before, "mnemo_kv_blocks"),
+            rt->model_config().num_hidden_layers);
   const std::vector<int32_t> common = (*s)->tokens();
   ASSERT_EQ((*child)->tokens(), common);
   const std::vector<int32_t> heaven = rt->tokenizer().encode(" the heaven", false);
@@ -217,11 +234,6 @@ TEST(Runtime, DeletingASessionWithWorkInFlightFailsItsFutures) {
 
 namespace mnemo {
 namespace {
-
-double metric(const std::string& text, const std::string& name) {
-  const size_t at = text.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
-}
 
 TEST(RuntimeBounded, StreamsPastMaxPositionEmbeddingsWithinTierBudgets) {
   const std::string dir = testing::TempDir() + "/mnemo_bounded_stream";
