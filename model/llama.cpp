@@ -172,35 +172,87 @@ Status LlamaModel::forward(Sequence& seq, std::span<const int32_t> tokens, Tenso
   return Status::Ok();
 }
 
+Status LlamaModel::forward_batch(std::span<BatchItem> items) {
+  std::vector<ChunkItem> chunks;
+  for (BatchItem& it : items) {
+    const int64_t n = static_cast<int64_t>(it.tokens.size());
+    if (n == 0 || n > options_.chunk_tokens) {
+      return invalid_argument("forward_batch: an item has ", n, " tokens; expected 1 to chunk_tokens (",
+                              options_.chunk_tokens, ")");
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      if (it.tokens[i] < 0 || it.tokens[i] >= config_.vocab_size) {
+        return invalid_argument("forward: token ", i, " has id ", it.tokens[i], ", outside the vocabulary [0, ",
+                                config_.vocab_size, ")");
+      }
+    }
+    for (const ChunkItem& c : chunks) {
+      if (c.seq == it.seq) return invalid_argument("forward_batch: a sequence appears twice in one batch");
+    }
+    *it.logits = Tensor::zeros({1, config_.vocab_size});
+    chunks.push_back({it.seq, it.tokens, it.logits->data<float>(), false});
+  }
+  Status s = forward_chunks(chunks);
+  if (!s.ok()) {
+    store_->release_all();
+    for (const ChunkItem& c : chunks) store_->reserve(c.seq->id_, c.seq->length_).permit_unchecked();
+  }
+  return s;
+}
+
 Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens, float* logits, bool all_logits) {
+  ChunkItem item{&seq, tokens, logits, all_logits};
+  return forward_chunks(std::span<ChunkItem>(&item, 1));
+}
+
+// Several sequences' chunks in one pass: the token rows of every item go through the GEMMs, norms
+// and MLP together (weights are read once per step, not once per session); RoPE, the KV writes and
+// attention run per item. Each row is computed exactly as it would be alone.
+Status LlamaModel::forward_chunks(std::span<ChunkItem> items) {
   const ModelConfig& c = config_;
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t pos0 = seq.length();
-  const int64_t new_len = pos0 + n;
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const int64_t d = c.head_dim, inter = c.intermediate_size, vocab = c.vocab_size;
-  MNEMO_RETURN_IF_ERROR(store_->reserve(seq.id_, new_len));
-
-  // Exact: keys and queries at their stream index. Bounded: distances never exceed the window, so a
-  // table of the window (plus this chunk) serves any stream length, offset to the window's start.
   const bool bounded = options_.positions == PositionPolicy::kBounded;
   const int64_t window = bounded ? bounded_window() : 0;
   const int64_t bt = options_.block_tokens;
-  const int64_t rope_offset = bounded ? std::max<int64_t>(0, pos0 - window + 1) / bt * bt : 0;
-  MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, bounded ? std::min(new_len, window + n) : new_len));
-  RopeTable table(std::move(rope));
-  table.ensure(std::max(new_len - rope_offset, window + 1));
+
+  struct Plan {
+    int64_t row0 = 0, n = 0, pos0 = 0, rope_offset = 0;
+    std::vector<int64_t> q_index;
+    std::unique_ptr<RopeTable> table;
+  };
+  std::vector<Plan> plans(items.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Plan& pl = plans[i];
+    pl.row0 = total;
+    pl.n = static_cast<int64_t>(items[i].tokens.size());
+    pl.pos0 = items[i].seq->length();
+    total += pl.n;
+    const int64_t new_len = pl.pos0 + pl.n;
+    MNEMO_RETURN_IF_ERROR(store_->reserve(items[i].seq->id_, new_len));
+    // Exact: keys and queries at their stream index. Bounded: distances never exceed the window, so
+    // a table of the window (plus this chunk) serves any stream length, offset to the window's start.
+    pl.rope_offset = bounded ? std::max<int64_t>(0, pl.pos0 - window + 1) / bt * bt : 0;
+    MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, bounded ? std::min(new_len, window + pl.n) : new_len));
+    pl.table = std::make_unique<RopeTable>(std::move(rope));
+    pl.table->ensure(std::max(new_len - pl.rope_offset, window + 1));
+    pl.q_index.resize(static_cast<size_t>(pl.n));
+    for (int64_t t = 0; t < pl.n; ++t) pl.q_index[t] = pl.pos0 + t;
+  }
+  const int64_t n = total;
 
   std::vector<float> x(n * hidden), h(n * hidden), q(n * heads * d), k(n * kv_heads * d), v(n * kv_heads * d);
   std::vector<float> attn(n * heads * d), o(n * hidden), gate(n * inter), up(n * inter), q_nope;
-  std::vector<int64_t> q_index(n);
-  for (int64_t t = 0; t < n; ++t) q_index[t] = pos0 + t;
   const float emb_scale = static_cast<float>(c.scale_emb);
   const float res_scale = static_cast<float>(c.residual_scale());
   const float eps = static_cast<float>(c.rms_norm_eps);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* e = weights_.embed_tokens.data<float>() + int64_t{tokens[t]} * hidden;
-    for (int64_t i = 0; i < hidden; ++i) x[t * hidden + i] = e[i] * emb_scale;
+  for (size_t i = 0; i < items.size(); ++i) {
+    for (int64_t t = 0; t < plans[i].n; ++t) {
+      const float* e = weights_.embed_tokens.data<float>() + int64_t{items[i].tokens[t]} * hidden;
+      float* dst = x.data() + (plans[i].row0 + t) * hidden;
+      for (int64_t j = 0; j < hidden; ++j) dst[j] = e[j] * emb_scale;
+    }
   }
   auto ptr = [](const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; };
 
@@ -211,23 +263,29 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
     cpu::linear(h.data(), w.k_proj.data<float>(), ptr(w.k_bias), k.data(), n, hidden, kv_heads * d);
     cpu::linear(h.data(), w.v_proj.data<float>(), ptr(w.v_bias), v.data(), n, hidden, kv_heads * d);
     if ((sparse_ && sparse_->use_nope) || bounded) q_nope = q;  // un-rotated: stage 1, bounded memory
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t hh = 0; hh < heads; ++hh) table.apply(pos0 + t - rope_offset, q.data() + (t * heads + hh) * d);
-      for (int hk = 0; hk < kv_heads; ++hk) {
-        // Keys are stored un-rotated; attention rotates them as it loads them.
-        float* k_dst = store_->k_row(seq.id_, int(l), pos0 + t, hk);
-        float* v_dst = store_->v_row(seq.id_, int(l), pos0 + t, hk);
-        if (!k_dst || !v_dst) return internal_error("KV row of token ", pos0 + t, " is not reserved");
-        std::memcpy(k_dst, k.data() + (t * kv_heads + hk) * d, d * sizeof(float));
-        std::memcpy(v_dst, v.data() + (t * kv_heads + hk) * d, d * sizeof(float));
+    for (size_t i = 0; i < items.size(); ++i) {
+      const Plan& pl = plans[i];
+      Sequence& seq = *items[i].seq;
+      for (int64_t t = 0; t < pl.n; ++t) {
+        const int64_t row = pl.row0 + t;
+        for (int64_t hh = 0; hh < heads; ++hh) pl.table->apply(pl.pos0 + t - pl.rope_offset, q.data() + (row * heads + hh) * d);
+        for (int hk = 0; hk < kv_heads; ++hk) {
+          // Keys are stored un-rotated; attention rotates them as it loads them.
+          float* k_dst = store_->k_row(seq.id_, int(l), pl.pos0 + t, hk);
+          float* v_dst = store_->v_row(seq.id_, int(l), pl.pos0 + t, hk);
+          if (!k_dst || !v_dst) return internal_error("KV row of token ", pl.pos0 + t, " is not reserved");
+          std::memcpy(k_dst, k.data() + (row * kv_heads + hk) * d, d * sizeof(float));
+          std::memcpy(v_dst, v.data() + (row * kv_heads + hk) * d, d * sizeof(float));
+        }
       }
+      const float* qi = q.data() + pl.row0 * heads * d;
+      const float* qn = q_nope.empty() ? nullptr : q_nope.data() + pl.row0 * heads * d;
+      float* out = attn.data() + pl.row0 * heads * d;
+      Status attended = bounded ? attend_bounded(seq, int(l), qi, qn, pl.q_index, *pl.table, pl.rope_offset, out)
+                                : attend(seq, int(l), qi, qn, pl.q_index, *pl.table, out);
+      store_->release_all();  // this layer's blocks may be evicted for the next one's
+      MNEMO_RETURN_IF_ERROR(attended);
     }
-    Status attended = bounded ? attend_bounded(seq, int(l), q.data(), q_nope.data(), q_index, table, rope_offset,
-                                               attn.data())
-                              : attend(seq, int(l), q.data(), q_nope.empty() ? nullptr : q_nope.data(), q_index,
-                                       table, attn.data());
-    store_->release_all();  // this layer's blocks may be evicted for the next layer's
-    MNEMO_RETURN_IF_ERROR(attended);
     cpu::linear(attn.data(), w.o_proj.data<float>(), ptr(w.o_bias), o.data(), n, heads * d, hidden);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += o[i] * res_scale;
 
@@ -240,17 +298,31 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
   }
 
   // Only the rows whose logits are wanted go through the final norm and lm_head.
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  cpu::rms_norm(x.data() + first * hidden, weights_.final_norm.data<float>(), h.data(), rows, hidden, eps);
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < items.size(); ++i) {
+    for (int64_t t = items[i].all_logits ? 0 : plans[i].n - 1; t < plans[i].n; ++t) rows.push_back(plans[i].row0 + t);
+  }
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
+  std::vector<float> sel(num_rows * hidden), logits(num_rows * vocab);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    cpu::rms_norm(x.data() + rows[r] * hidden, weights_.final_norm.data<float>(), sel.data() + r * hidden, 1, hidden, eps);
+  }
   const double divisor = c.logit_divisor();
   if (divisor != 1.0) {
     const float inv = static_cast<float>(divisor);
-    for (int64_t i = 0; i < rows * hidden; ++i) h[i] /= inv;
+    for (float& f : sel) f /= inv;
   }
-  cpu::linear(h.data(), weights_.lm_head.data<float>(), nullptr, logits, rows, hidden, vocab);
-  MNEMO_RETURN_IF_ERROR(store_->commit(seq.id_, new_len));
-  seq.length_ = new_len;
+  cpu::linear(sel.data(), weights_.lm_head.data<float>(), nullptr, logits.data(), num_rows, hidden, vocab);
+  int64_t r = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int64_t count = items[i].all_logits ? plans[i].n : 1;
+    std::memcpy(items[i].logits, logits.data() + r * vocab, static_cast<size_t>(count * vocab) * sizeof(float));
+    r += count;
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    MNEMO_RETURN_IF_ERROR(store_->commit(items[i].seq->id_, plans[i].pos0 + plans[i].n));
+    items[i].seq->length_ = plans[i].pos0 + plans[i].n;
+  }
   return Status::Ok();
 }
 

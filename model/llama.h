@@ -84,13 +84,30 @@ class LlamaModel {
   // else [1, vocab] for the last token. On error the sequence is unchanged (its length is not advanced).
   Status forward(Sequence& seq, std::span<const int32_t> tokens, Tensor* logits, bool all_logits = false);
 
+  // Several sequences in one pass (continuous batching): each item's tokens (1 to chunk_tokens)
+  // are appended to its sequence and its last token's logits written to *logits ([1, vocab]).
+  // Results equal running the items one by one. On error no sequence advanced.
+  struct BatchItem {
+    Sequence* seq;
+    std::span<const int32_t> tokens;
+    Tensor* logits;
+  };
+  Status forward_batch(std::span<BatchItem> items);
+
  private:
   struct Impl;
   LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvStore> store);
   // Makes the sequence's representatives cover its first `tokens` tokens in `layer`, loading blocks
   // a bounded number at a time (they may be on host or disk after a recovery).
   Status update_representatives(Sequence& seq, int layer, int64_t tokens, const RopeTable& table);
+  struct ChunkItem {
+    Sequence* seq;
+    std::span<const int32_t> tokens;
+    float* logits;  // [tokens, vocab] with all_logits, else [1, vocab]
+    bool all_logits;
+  };
   Status forward_chunk(Sequence& seq, std::span<const int32_t> tokens, float* logits, bool all_logits);
+  Status forward_chunks(std::span<ChunkItem> items);
   // Attention of one layer for queries at q_index (consecutive stream indices): dense before the
   // sparse switch, InfLLM-V2 (stage 1, top-k, stage 2) after it. out: [n, heads, head_dim].
   Status attend(Sequence& seq, int layer, const float* q, const float* q_nope, const std::vector<int64_t>& q_index,

@@ -74,7 +74,13 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
   // Run the model without the lock: only this thread touches sequences and logits.
   lock.unlock();
   const auto t0 = std::chrono::steady_clock::now();
-  for (Job& j : jobs) j.status = model_->forward(*j.session->seq_, j.tokens, &j.session->last_logits_);
+  // One batched pass for every session's work (weights read once per step); if it fails, run the
+  // jobs one by one so only the session at fault sees the error.
+  std::vector<LlamaModel::BatchItem> batch;
+  for (Job& j : jobs) batch.push_back({j.session->seq_.get(), j.tokens, &j.session->last_logits_});
+  if (!batch.empty() && !model_->forward_batch(batch).ok()) {
+    for (Job& j : jobs) j.status = model_->forward(*j.session->seq_, j.tokens, &j.session->last_logits_);
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   lock.lock();
   model_seconds_ += seconds;

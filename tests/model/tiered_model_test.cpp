@@ -115,3 +115,51 @@ TEST(TieredModelBudget, TooSmallForOneLayerIsAClearError) {
 
 }  // namespace
 }  // namespace mnemo
+
+namespace mnemo {
+namespace {
+
+TEST(BatchedForward, EqualsRunningEachSequenceAlone) {
+  const ModelConfig c = tiny_config();
+  ModelOptions o;
+  o.chunk_tokens = 64;
+  auto m = LlamaModel::from_weights(c, random_model_weights(c, 5, 0.2f), o);
+  ASSERT_TRUE(m.ok());
+  const auto all = tokens(300);
+  // Three sequences at different lengths, advanced by 5, 1 and 17 tokens in one batched step.
+  const int64_t lengths[3] = {0, 130, 64};
+  const int64_t steps[3] = {5, 1, 17};
+  std::vector<std::unique_ptr<Sequence>> batched, alone;
+  for (int i = 0; i < 3; ++i) {
+    batched.push_back((*m)->new_sequence().value());
+    alone.push_back((*m)->new_sequence().value());
+    if (lengths[i] > 0) {
+      Tensor ignored;
+      const auto prefix = std::span(all).first(lengths[i]);
+      ASSERT_TRUE((*m)->forward(*batched[i], prefix, &ignored).ok());
+      ASSERT_TRUE((*m)->forward(*alone[i], prefix, &ignored).ok());
+    }
+  }
+  std::vector<Tensor> got(3), want(3);
+  std::vector<LlamaModel::BatchItem> items;
+  for (int i = 0; i < 3; ++i) {
+    const auto chunk = std::span(all).subspan(lengths[i], steps[i]);
+    items.push_back({batched[i].get(), chunk, &got[i]});
+    ASSERT_TRUE((*m)->forward(*alone[i], chunk, &want[i]).ok());
+  }
+  ASSERT_TRUE((*m)->forward_batch(items).ok());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i].shape(), want[i].shape());
+    EXPECT_EQ(std::memcmp(got[i].raw(), want[i].raw(), got[i].nbytes()), 0) << "sequence " << i;
+    EXPECT_EQ(batched[i]->length(), lengths[i] + steps[i]);
+  }
+  // A sequence twice in one batch is refused and nothing advances.
+  Tensor a, b;
+  std::vector<LlamaModel::BatchItem> twice = {{batched[0].get(), std::span(all).first(1), &a},
+                                              {batched[0].get(), std::span(all).first(1), &b}};
+  EXPECT_FALSE((*m)->forward_batch(twice).ok());
+  EXPECT_EQ(batched[0]->length(), lengths[0] + steps[0]);
+}
+
+}  // namespace
+}  // namespace mnemo
