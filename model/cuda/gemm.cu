@@ -45,6 +45,13 @@ __global__ void broadcast_bias_kernel(const bf16* bias, T* y, int64_t n, int64_t
   }
 }
 
+// y = bf16(acc + bias): the bias joins the fp32 accumulator, then one rounding.
+__global__ void bias_round_kernel(const float* acc, const bf16* bias, bf16* y, int64_t n, int64_t out) {
+  const int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (idx >= n * out) return;
+  y[idx] = __float2bfloat16(acc[idx] + __bfloat162float(bias[idx % out]));
+}
+
 }  // namespace
 
 Result<CublasHandle> CublasHandle::create() {
@@ -87,6 +94,29 @@ Status linear_launch(const LinearParams& p, cublasHandle_t handle, Workspace wor
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(
       handle, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   const bool f32 = p.y_dtype == DType::kF32;
+  const float alpha = 1.0f;
+  const int m = static_cast<int>(p.out), n = static_cast<int>(p.n), k = static_cast<int>(p.in);
+  if (p.bias && !f32) {
+    // bf16 output with a bias: cuBLAS's epilogue (alpha·acc + beta·C) was seen on the H100 to round
+    // twice (off by one bf16 ulp), so the GEMM writes fp32 into the workspace and one kernel adds the
+    // bias and rounds once. The staging buffer is the workspace's head; cuBLAS gets the rest.
+    const size_t staging = (static_cast<size_t>(p.n) * static_cast<size_t>(p.out) * sizeof(float) + 255) / 256 * 256;
+    if (workspace.bytes < staging) {
+      return invalid_argument("linear: bf16 output with a bias needs a workspace of at least ", staging,
+                              " bytes (fp32 staging of [", p.n, ", ", p.out, "]), got ", workspace.bytes);
+    }
+    float* acc = static_cast<float*>(workspace.data);
+    MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(handle, static_cast<char*>(workspace.data) + staging,
+                                                    workspace.bytes - staging));
+    const float zero = 0.0f;
+    MNEMO_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, CUDA_R_16BF, k,
+                                              p.x, CUDA_R_16BF, k, &zero, acc, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+    const unsigned blocks = static_cast<unsigned>((p.n * p.out + 255) / 256);
+    bias_round_kernel<<<blocks, 256, 0, stream>>>(acc, p.bias, static_cast<bf16*>(p.y), p.n, p.out);
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return Status::Ok();
+  }
   float beta = 0.0f;
   if (p.bias) {
     const unsigned blocks = static_cast<unsigned>((p.n * p.out + 255) / 256);
@@ -98,8 +128,6 @@ Status linear_launch(const LinearParams& p, cublasHandle_t handle, Workspace wor
     MNEMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     beta = 1.0f;
   }
-  const float alpha = 1.0f;
-  const int m = static_cast<int>(p.out), n = static_cast<int>(p.n), k = static_cast<int>(p.in);
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, CUDA_R_16BF, k,
                                             p.x, CUDA_R_16BF, k, &beta, p.y, f32 ? CUDA_R_32F : CUDA_R_16BF, m,
                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
