@@ -117,6 +117,9 @@ class LlamaModel {
   Status attend_bounded(Sequence& seq, int layer, const float* q_local, const float* q_raw,
                         const std::vector<int64_t>& q_index, const RopeTable& table, int64_t rope_offset, float* out);
   int64_t bounded_window() const;
+  // Stage 1 + top-k for m queries: block_ids [m, kv_heads, max_selected_blocks] (-1 padded).
+  Status select_blocks(Sequence& seq, int layer, const float* q_score, const int64_t* q_index, int64_t m,
+                       int64_t num_blocks, std::vector<int32_t>* block_ids);
 
   ModelConfig config_;
   ModelWeights weights_;

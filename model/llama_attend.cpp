@@ -15,6 +15,15 @@ namespace mnemo {
 Status LlamaModel::update_representatives(Sequence& seq, int layer, int64_t tokens, const RopeTable& table) {
   const SparseParams sp = to_sparse_params(*sparse_);
   const int64_t bt = options_.block_tokens;
+  if (seq.compressed_.empty()) {
+    const int kv_heads = int(config_.num_key_value_heads), d = int(config_.head_dim);
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+      seq.compressed_.emplace_back(kv_heads, d, sp.kernel_size, sp.kernel_stride);
+      if (options_.approximate_selection_lse) {
+        seq.compressed_lse_.emplace_back(kv_heads, d, lse_kernel_size(sp), lse_kernel_stride(sp));
+      }
+    }
+  }
   // Un-rotated representatives with use_nope, and always under the bounded policy (no absolute positions).
   const RopeTable* rope = sp.use_nope || options_.positions == PositionPolicy::kBounded ? nullptr : &table;
   std::vector<CompressedKeys*> tiers = {&seq.compressed_[layer]};
@@ -49,6 +58,27 @@ Status LlamaModel::update_representatives(Sequence& seq, int layer, int64_t toke
   }
 }
 
+Status LlamaModel::select_blocks(Sequence& seq, int layer, const float* q_score, const int64_t* q_index, int64_t m,
+                                 int64_t num_blocks, std::vector<int32_t>* block_ids) {
+  const SparseParams sp = to_sparse_params(*sparse_);
+  const int max_selected = max_selected_blocks(sp);
+  block_ids->assign(static_cast<size_t>(m * config_.num_key_value_heads * max_selected), -1);
+  BlockSelectParams sel;
+  sel.score.q = q_score;
+  sel.score.q_index = q_index;
+  sel.score.num_q = m;
+  sel.score.num_heads = int(config_.num_attention_heads);
+  sel.score.keys = seq.compressed_[layer].view();
+  if (options_.approximate_selection_lse) sel.score.lse_keys = seq.compressed_lse_[layer].view();
+  sel.score.block_size = sp.block_size;
+  sel.score.num_blocks = num_blocks;
+  sel.score.softmax_scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
+  sel.sparse = sp;
+  sel.max_selected = max_selected;
+  sel.block_ids = block_ids->data();
+  return select_blocks_cpu(sel);
+}
+
 Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float* q_nope,
                           const std::vector<int64_t>& q_index, const RopeTable& table, float* out) {
   const ModelConfig& c = config_;
@@ -72,14 +102,6 @@ Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float*
       }
     }
     // Representatives grow with the stream whether or not this chunk needs them yet.
-    if (seq.compressed_.empty()) {
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-        seq.compressed_.emplace_back(kv_heads, int(d), sp.kernel_size, sp.kernel_stride);
-        if (options_.approximate_selection_lse) {
-          seq.compressed_lse_.emplace_back(kv_heads, int(d), lse_kernel_size(sp), lse_kernel_stride(sp));
-        }
-      }
-    }
     MNEMO_RETURN_IF_ERROR(update_representatives(seq, layer, kv_len, table));
   }
 
@@ -94,20 +116,8 @@ Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float*
     for (int64_t b = from; b * bt < dense_len; ++b) needed[b] = 1;
   }
   if (m > 0) {
-    BlockSelectParams sel;
-    sel.score.q = (q_nope ? q_nope : q) + first_sparse * heads * d;
-    sel.score.q_index = q_index.data() + first_sparse;
-    sel.score.num_q = m;
-    sel.score.num_heads = int(heads);
-    sel.score.keys = seq.compressed_[layer].view();
-    if (options_.approximate_selection_lse) sel.score.lse_keys = seq.compressed_lse_[layer].view();
-    sel.score.block_size = sp.block_size;
-    sel.score.num_blocks = num_blocks;
-    sel.score.softmax_scale = softmax_scale;
-    sel.sparse = sp;
-    sel.max_selected = max_selected;
-    sel.block_ids = block_ids.data();
-    MNEMO_RETURN_IF_ERROR(select_blocks_cpu(sel));
+    MNEMO_RETURN_IF_ERROR(select_blocks(seq, layer, (q_nope ? q_nope : q) + first_sparse * heads * d,
+                                        q_index.data() + first_sparse, m, num_blocks, &block_ids));
     for (int32_t b : block_ids) {
       if (b >= 0) needed[b] = 1;
     }

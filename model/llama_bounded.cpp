@@ -56,34 +56,13 @@ Status LlamaModel::attend_bounded(Sequence& seq, int layer, const float* q_local
   std::vector<int32_t> block_ids;
   if (sparse_) {
     sp = to_sparse_params(*sparse_);
-    if (seq.compressed_.empty()) {
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-        seq.compressed_.emplace_back(kv_heads, int(d), sp.kernel_size, sp.kernel_stride);
-        if (options_.approximate_selection_lse) {
-          seq.compressed_lse_.emplace_back(kv_heads, int(d), lse_kernel_size(sp), lse_kernel_stride(sp));
-        }
-      }
-    }
     MNEMO_RETURN_IF_ERROR(update_representatives(seq, layer, kv_len, table));
     sparse_memory = m > 0 && use_sparse(q_index[first_mem] + 1, sp);
   }
   if (sparse_memory) {
     max_selected = max_selected_blocks(sp);
-    block_ids.assign(static_cast<size_t>(m * kv_heads * max_selected), -1);
-    BlockSelectParams sel;
-    sel.score.q = q_raw + first_mem * heads * d;
-    sel.score.q_index = q_index.data() + first_mem;
-    sel.score.num_q = m;
-    sel.score.num_heads = int(heads);
-    sel.score.keys = seq.compressed_[layer].view();
-    if (options_.approximate_selection_lse) sel.score.lse_keys = seq.compressed_lse_[layer].view();
-    sel.score.block_size = sp.block_size;
-    sel.score.num_blocks = num_blocks;
-    sel.score.softmax_scale = softmax_scale;
-    sel.sparse = sp;
-    sel.max_selected = max_selected;
-    sel.block_ids = block_ids.data();
-    MNEMO_RETURN_IF_ERROR(select_blocks_cpu(sel));
+    MNEMO_RETURN_IF_ERROR(
+        select_blocks(seq, layer, q_raw + first_mem * heads * d, q_index.data() + first_mem, m, num_blocks, &block_ids));
     // Keep the blocks that start in the memory range (the local partial covers the rest), in order.
     for (int64_t i = 0; i < m; ++i) {
       const int64_t last_block = mem_index[i] / bt;
