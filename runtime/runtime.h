@@ -7,8 +7,9 @@
 //
 // Threading: one engine thread runs every model step (continuous batching across sessions: decode
 // tokens first, then prefill chunks); the API is thread-safe and never blocks on model work — calls
-// return futures. Token callbacks run on the engine thread: keep them short, never call back into a
-// blocking Session method from one.
+// return futures. Token callbacks run on the engine thread: keep them short, and never wait there —
+// not on a future, and not in Runtime::create_session / open_session / delete_session, which run
+// their store work on the engine thread between steps and would wait forever for it.
 //
 // Durability: with a data_dir, an append is acknowledged (its future ready) only once its token ids are
 // in the store's WAL; after a crash the session reopens by id with every acknowledged token, and the KV
