@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "attention/cpu/online_softmax.h"
 #include "attention/dense.h"
 
 namespace mnemo {
@@ -88,40 +89,17 @@ Status dense_attention_cpu(const DenseAttentionParams& p) {
           const float* q = p.q + (i * p.num_heads + h) * d;
           float* out = p.out + (i * p.num_heads + h) * d;
           std::fill(out, out + d, 0.0f);
-          float m = -std::numeric_limits<float>::infinity();
-          float l = 0.0f;
+          cpu::OnlineSoftmax acc;
           const int64_t len = p.q_index[i] + 1;
           const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, len - p.sliding_window) : 0;
           for (int64_t b = first / bt; b * bt < len; ++b) {
             const int64_t n = std::min(bt, len - b * bt);
             const int64_t t0 = std::max<int64_t>(0, first - b * bt);  // keys before the window
-            float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t t = t0; t < n; ++t) {
-              const float* k = keys.data() + (b * bt + t) * d;
-              float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-              for (int64_t e = 0; e < d; ++e) s += q[e] * k[e];
-              s *= p.softmax_scale;
-              scores[t] = s;
-              block_max = std::max(block_max, s);
-            }
-            const float m_new = std::max(m, block_max);
-            const float correction = std::exp(m - m_new);  // exp(-inf) = 0 on the first block
-            l *= correction;
-            for (int64_t e = 0; e < d; ++e) out[e] *= correction;
-            const float* v = kv.v_block(b, g);
-            for (int64_t t = t0; t < n; ++t) {
-              const float w = std::exp(scores[t] - m_new);
-              l += w;
-              const float* vt = v + t * d;
-#pragma omp simd
-              for (int64_t e = 0; e < d; ++e) out[e] += w * vt[e];
-            }
-            m = m_new;
+            acc.add_block(q, keys.data() + b * bt * d, kv.v_block(b, g), t0, n, d, p.softmax_scale, scores.data(),
+                          out);
           }
-          const float inv = 1.0f / l;
-          for (int64_t e = 0; e < d; ++e) out[e] *= inv;
-          if (p.lse) p.lse[i * p.num_heads + h] = m + std::log(l);
+          const float lse = acc.finish(out, d);
+          if (p.lse) p.lse[i * p.num_heads + h] = lse;
         }
       }
     }

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "attention/cpu/online_softmax.h"
 #include "attention/sparse.h"
 
 namespace mnemo {
@@ -105,45 +106,19 @@ Status sparse_attention_cpu(const SparseAttentionParams& p) {
           const float* q = p.q + (i * p.num_heads + h) * d;
           float* out = p.out + (i * p.num_heads + h) * d;
           std::fill(out, out + d, 0.0f);
-          float m = -std::numeric_limits<float>::infinity();
-          float l = 0.0f;
+          cpu::OnlineSoftmax acc;
           const int64_t len = p.q_index[i] + 1;
           const int32_t* ids = p.block_ids + (i * kv.num_kv_heads + g) * p.max_selected;
           for (int s = 0; s < p.max_selected; ++s) {
             if (ids[s] < 0) continue;
             const int64_t b = ids[s];
             const int64_t n = std::min(bt, len - b * bt);  // causal inside the query's own block
-            const float* kb = keys.data() + scratch_of[b] * block_floats;
-            float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t t = 0; t < n; ++t) {
-              const float* k = kb + t * d;
-              float sc = 0.0f;
-#pragma omp simd reduction(+ : sc)
-              for (int64_t e = 0; e < d; ++e) sc += q[e] * k[e];
-              sc *= p.softmax_scale;
-              scores[t] = sc;
-              block_max = std::max(block_max, sc);
-            }
-            const float m_new = std::max(m, block_max);
-            const float correction = std::exp(m - m_new);  // exp(-inf) = 0 on the first block
-            l *= correction;
-            for (int64_t e = 0; e < d; ++e) out[e] *= correction;
-            const float* v = kv.v_block(b, g);
-            for (int64_t t = 0; t < n; ++t) {
-              const float w = std::exp(scores[t] - m_new);
-              l += w;
-              const float* vt = v + t * d;
-#pragma omp simd
-              for (int64_t e = 0; e < d; ++e) out[e] += w * vt[e];
-            }
-            m = m_new;
+            acc.add_block(q, keys.data() + scratch_of[b] * block_floats, kv.v_block(b, g), 0, n, d, p.softmax_scale,
+                          scores.data(), out);
           }
-          if (l > 0.0f) {
-            const float inv = 1.0f / l;
-            for (int64_t e = 0; e < d; ++e) out[e] *= inv;
-          }
-          // An empty selection leaves out = 0 and lse = log 0 = −inf.
-          if (p.lse) p.lse[i * p.num_heads + h] = l > 0.0f ? m + std::log(l) : -std::numeric_limits<float>::infinity();
+          // An empty selection leaves out = 0 and lse = log 0 = -inf.
+          const float lse = acc.finish(out, d);
+          if (p.lse) p.lse[i * p.num_heads + h] = lse;
         }
       }
     }
