@@ -7,22 +7,12 @@
 #include <random>
 
 #include "model/llama.h"
+#include "tests/model/model_test_util.h"
 
 namespace mnemo {
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 256;
-  return c;
-}
+ModelConfig tiny_config() { return testing_util::tiny_config(256); }
 
 std::unique_ptr<LlamaModel> make(PositionPolicy policy, int64_t window, std::optional<SparseConfig> sparse = {},
                                  int64_t chunk = 2048) {
@@ -38,31 +28,9 @@ std::unique_ptr<LlamaModel> make(PositionPolicy policy, int64_t window, std::opt
   return m.ok() ? std::move(*m) : nullptr;
 }
 
-std::vector<int32_t> tokens(int64_t n) {
-  std::mt19937 rng(3);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = int32_t(rng() % 97);
-  return t;
-}
-
-Tensor logits(LlamaModel& m, const std::vector<int32_t>& t) {
-  auto seq = m.new_sequence();
-  Tensor out;
-  Status s = m.forward(**seq, t, &out, true);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  return out;
-}
-
-double max_rel(const Tensor& a, const Tensor& b) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double x = a.data<float>()[i], y = b.data<float>()[i];
-    if (std::isnan(x) || std::isnan(y)) return INFINITY;
-    err = std::max(err, std::fabs(x - y));
-    scale = std::max(scale, std::fabs(y));
-  }
-  return err / scale;
-}
+std::vector<int32_t> tokens(int64_t n) { return testing_util::random_tokens(n, 3); }
+Tensor logits(LlamaModel& m, const std::vector<int32_t>& t) { return testing_util::all_logits(m, t); }
+double max_rel(const Tensor& a, const Tensor& b) { return testing_util::max_rel_diff(a, b); }
 
 TEST(BoundedPositions, EqualExactWhileTheStreamFitsTheWindow) {
   const auto t = tokens(200);

@@ -8,23 +8,15 @@
 #include <random>
 
 #include "model/llama.h"
+#include "tests/model/model_test_util.h"
 
 namespace mnemo {
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-6;
-  return c;
-}
+using testing_util::max_rel_diff;
+using testing_util::random_tokens;
+
+ModelConfig tiny_config() { return testing_util::tiny_config(4096); }
 
 std::unique_ptr<LlamaModel> make_model(std::optional<SparseConfig> sparse, int64_t chunk = 2048) {
   ModelOptions o;
@@ -37,30 +29,7 @@ std::unique_ptr<LlamaModel> make_model(std::optional<SparseConfig> sparse, int64
   return m.ok() ? std::move(*m) : nullptr;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = int32_t(rng() % 97);
-  return t;
-}
-
-Tensor logits_of(LlamaModel& m, const std::vector<int32_t>& tokens) {
-  auto seq = m.new_sequence();
-  Tensor logits;
-  Status s = m.forward(**seq, tokens, &logits, true);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  return logits;
-}
-
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    if (std::isnan(a.data<float>()[i]) || std::isnan(b.data<float>()[i])) return INFINITY;
-    err = std::max(err, std::fabs(double(a.data<float>()[i]) - b.data<float>()[i]));
-    scale = std::max(scale, std::fabs(double(b.data<float>()[i])));
-  }
-  return err / scale;
-}
+Tensor logits_of(LlamaModel& m, const std::vector<int32_t>& tokens) { return testing_util::all_logits(m, tokens); }
 
 SparseConfig small_sparse(int topk) {
   SparseConfig s;
