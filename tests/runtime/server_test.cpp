@@ -368,8 +368,11 @@ TEST_F(ServerTest, UnknownSessionRouteAndMethodAre404And405) {
 TEST_F(ServerTest, BearerKeyIsRequiredWhenSet) {
   server_->stop();
   ServerOptions options;
+  options.port = 0;  // ephemeral: a fixed port can be taken by another test or process
   options.api_key = "sekret";
-  server_ = Server::start(*runtime_, options).value();
+  auto started = Server::start(*runtime_, options);
+  ASSERT_TRUE(started.ok()) << started.status().to_string();
+  server_ = std::move(*started);
   Client c = client();
   Response r = c.get("/v1/sessions");
   EXPECT_EQ(r.status, 401);
@@ -382,8 +385,11 @@ TEST_F(ServerTest, BearerKeyIsRequiredWhenSet) {
 TEST_F(ServerTest, OversizedBodyIs413) {
   server_->stop();
   ServerOptions options;
+  options.port = 0;  // ephemeral: a fixed port can be taken by another test or process
   options.max_body_bytes = 1024;
-  server_ = Server::start(*runtime_, options).value();
+  auto started = Server::start(*runtime_, options);
+  ASSERT_TRUE(started.ok()) << started.status().to_string();
+  server_ = std::move(*started);
   Client c = client();
   // The header announces 100 kB; the server answers without reading the body.
   ASSERT_FALSE(
