@@ -22,7 +22,7 @@ Status launch(const DenseDecodeParams& p, const DecodePartials& part, cudaStream
   if (p.num_splits > 1) {
     const dim3 merge_grid(static_cast<unsigned>(p.num_heads), static_cast<unsigned>(p.batch));
     dense_decode_merge_kernel<kHeadDim>
-        <<<merge_grid, kHeadDim, sizeof(float) * p.num_splits, stream>>>(p, part);
+        <<<merge_grid, kMergeThreads<kHeadDim>, sizeof(float) * p.num_splits, stream>>>(p, part);
     MNEMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return Status::Ok();
@@ -45,6 +45,10 @@ Status dense_decode_launch(const DenseDecodeParams& p, Workspace workspace, cuda
     part.lse = reinterpret_cast<float*>(static_cast<char*>(workspace.data) + o_bytes);
   }
   switch (p.kv.head_dim) {
+    case 16:
+      return launch<16>(p, part, stream);
+    case 32:
+      return launch<32>(p, part, stream);
     case 64:
       return launch<64>(p, part, stream);
     case 128:

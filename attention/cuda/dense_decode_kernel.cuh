@@ -149,7 +149,11 @@ __global__ void __launch_bounds__(128) dense_decode_split_kernel(const DenseDeco
   }
 }
 
-// One CTA of kHeadDim threads per (head, sequence); dynamic shared memory: num_splits floats.
+// Threads of one merge CTA: a whole number of warps, one per output element (head_dim 16/32 idle some).
+template <int kHeadDim>
+constexpr int kMergeThreads = kHeadDim < 32 ? 32 : kHeadDim;
+
+// One CTA of kMergeThreads threads per (head, sequence); dynamic shared memory: num_splits floats.
 template <int kHeadDim>
 __global__ void __launch_bounds__(128) dense_decode_merge_kernel(const DenseDecodeParams p,
                                                                  const DecodePartials part) {
@@ -162,10 +166,11 @@ __global__ void __launch_bounds__(128) dense_decode_merge_kernel(const DenseDeco
   float mx = -INFINITY;
   for (int s = 0; s < ns; ++s) mx = fmaxf(mx, lse[s]);
   const float base = mx == -INFINITY ? 0.0f : mx;  // empty splits have lse -inf: weight 0
-  for (int s = tid; s < ns; s += kHeadDim) weight[s] = expf(lse[s] - base);
+  for (int s = tid; s < ns; s += kMergeThreads<kHeadDim>) weight[s] = expf(lse[s] - base);
   cta_sync();
   float sum = 0.0f;
   for (int s = 0; s < ns; ++s) sum += weight[s];
+  if (tid >= kHeadDim) return;
   const float* o = part.o + row * ns * kHeadDim;
   float acc = 0.0f;
   for (int s = 0; s < ns; ++s) acc += weight[s] * o[int64_t{s} * kHeadDim + tid];

@@ -25,8 +25,8 @@ Status validate_common(const char* op, int batch, int num_heads, const PagedKvBf
     return invalid_argument(op, ": num_heads (", num_heads, ") must be a positive multiple of kv.num_kv_heads (",
                             kv.num_kv_heads, ")");
   }
-  if (kv.head_dim != 64 && kv.head_dim != 128) {
-    return invalid_argument(op, ": kv.head_dim: expected 64 or 128, got ", kv.head_dim);
+  if (kv.head_dim != 16 && kv.head_dim != 32 && kv.head_dim != 64 && kv.head_dim != 128) {
+    return invalid_argument(op, ": kv.head_dim: expected 16, 32, 64 or 128, got ", kv.head_dim);
   }
   if (kv.block_tokens <= 0) return invalid_argument(op, ": kv.block_tokens: expected > 0, got ", kv.block_tokens);
   if (kv.arena == nullptr || kv.block_tables == nullptr || kv.kv_lens == nullptr) {

@@ -25,6 +25,10 @@ Status launch(const DensePrefillParams& p, cudaStream_t stream) {
 Status dense_prefill_launch(const DensePrefillParams& p, cudaStream_t stream) {
   MNEMO_RETURN_IF_ERROR(validate(p));
   switch (p.kv.head_dim) {
+    case 16:
+      return launch<16>(p, stream);
+    case 32:
+      return launch<32>(p, stream);
     case 64:
       return launch<64>(p, stream);
     case 128:

@@ -72,21 +72,22 @@ __device__ __forceinline__ void load_kv_tile(const KvHeadView& kv, int64_t j0, i
   constexpr int kHalf = kHeadDim / 2;
   constexpr int kVecs = kHalf / 8;  // 16-byte vectors per half row
   constexpr int kItems = kTokens * kVecs;
-  static_assert(kItems % kThreads == 0, "tile work must split evenly over the threads");
-  constexpr int kPerThread = kItems / kThreads;
+  // Small heads (head_dim 16 in a 64-token tile of 128 threads) leave some threads without work.
+  static_assert(kItems % kThreads == 0 || kItems < kThreads, "tile work must split evenly over the threads");
+  constexpr int kPerThread = (kItems + kThreads - 1) / kThreads;
   constexpr int kBatch = kPerThread < 2 ? kPerThread : 2;  // loads in flight per thread before use
   constexpr int kStride = kTileRowStride<kHeadDim>;
 #pragma unroll 1  // keep kBatch items of loads in flight, not all of them (registers)
   for (int it0 = 0; it0 < kPerThread; it0 += kBatch) {
-    uint4 k0[kBatch], k1[kBatch], v0[kBatch], v1[kBatch];
-    float4 c[kBatch][2], s[kBatch][2];
-    bool valid[kBatch];
+    uint4 k0[kBatch] = {}, k1[kBatch] = {}, v0[kBatch] = {}, v1[kBatch] = {};
+    float4 c[kBatch][2] = {}, s[kBatch][2] = {};
+    bool valid[kBatch] = {};
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int item = (it0 + u) * kThreads + tid;
       const int t = item / kVecs, vec = item % kVecs;
       const int64_t j = j0 + t;
-      valid[u] = j >= lo && j < hi;
+      valid[u] = j >= lo && j < hi && (kItems >= kThreads || item < kItems);
       if (valid[u]) {
         // Token indices fit 32 bits (kv lengths are int32): a 32-bit division is far cheaper.
         const uint32_t block = static_cast<uint32_t>(j) / static_cast<uint32_t>(kv.block_tokens);
@@ -110,6 +111,7 @@ __device__ __forceinline__ void load_kv_tile(const KvHeadView& kv, int64_t j0, i
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int item = (it0 + u) * kThreads + tid;
+      if (kItems < kThreads && item >= kItems) continue;
       const int t = item / kVecs, vec = item % kVecs;
       bf16* kd = sk + t * kStride + vec * 8;
       bf16* vd = sv + t * kStride + vec * 8;

@@ -101,7 +101,9 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"g4_d64_bt16_window", 8, 2, 64, 16, {1, 63, 64, 65, 129, 257}, {}, 100, 1.0f, true, 5},
                     AttnCase{"g4_d64_planned", 16, 4, 64, 16, {2049}, {}, 0, 1.0f, true, 0},
                     AttnCase{"g20_two_chunks", 20, 1, 64, 64, {65, 200}, {}, 0, 1.3f, true, 2},
-                    AttnCase{"mha_no_rope", 4, 4, 128, 64, {33, 130}, {}, 0, 1.0f, false, 0}),
+                    AttnCase{"mha_no_rope", 4, 4, 128, 64, {33, 130}, {}, 0, 1.0f, false, 0},
+                    AttnCase{"g2_d16_bt16", 4, 2, 16, 16, {1, 17, 50, 700}, {}, 0, 1.0f, true, 0},
+                    AttnCase{"g4_d32_window", 8, 2, 32, 64, {70, 129, 3000}, {}, 40, 1.0f, true, 0}),
     [](const testing::TestParamInfo<AttnCase>& info) { return info.param.name; });
 
 class DensePrefillCuda : public testing::TestWithParam<AttnCase> {};
@@ -153,7 +155,9 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"varlen_chunks", 8, 2, 128, 64, {300, 700, 64}, {70, 257, 64}},
                     AttnCase{"g3_scattered_window", 6, 2, 128, 64, {257}, {40}, 50, 1.0f, true, 0, true},
                     AttnCase{"g20_window_scaled", 20, 1, 64, 32, {500}, {129}, 100, 1.3f},
-                    AttnCase{"mha_no_rope", 2, 2, 64, 64, {100}, {100}, 0, 1.0f, false}),
+                    AttnCase{"mha_no_rope", 2, 2, 64, 64, {100}, {100}, 0, 1.0f, false},
+                    AttnCase{"g2_d16_bt16", 4, 2, 16, 16, {1, 40, 300}, {1, 40, 300}},
+                    AttnCase{"g4_d32_window", 8, 2, 32, 64, {130, 700}, {70, 300}, 40}),
     [](const testing::TestParamInfo<AttnCase>& info) { return info.param.name; });
 
 }  // namespace

@@ -50,7 +50,7 @@ void sim_decode(const cuda::DenseDecodeParams& p, const cuda::DecodePartials& pa
   sim::launch(dim3(p.kv.num_kv_heads * chunks, p.num_splits, p.batch), dim3(Cfg::kThreads), Cfg::kSmemBytes,
               [&] { cuda::dense_decode_split_kernel<kHeadDim>(p, part); });
   if (p.num_splits > 1) {
-    sim::launch(dim3(p.num_heads, p.batch), dim3(kHeadDim), sizeof(float) * p.num_splits,
+    sim::launch(dim3(p.num_heads, p.batch), dim3(cuda::kMergeThreads<kHeadDim>), sizeof(float) * p.num_splits,
                 [&] { cuda::dense_decode_merge_kernel<kHeadDim>(p, part); });
   }
 }
@@ -96,8 +96,12 @@ TEST_P(SimDenseDecode, MatchesFloat64ReferenceWithinTwiceNaiveBf16) {
     part.o = work.data();
     part.lse = work.data() + (rows * c.head_dim * sizeof(float) + 255) / 256 * 256 / sizeof(float);
   }
-  if (c.head_dim == 64) sim_decode<64>(p, part);
-  else sim_decode<128>(p, part);
+  switch (c.head_dim) {
+    case 16: sim_decode<16>(p, part); break;
+    case 32: sim_decode<32>(p, part); break;
+    case 64: sim_decode<64>(p, part); break;
+    default: sim_decode<128>(p, part);
+  }
 
   CheckStats stats;
   EXPECT_TRUE(check_attention(c, d, ref, out, lse, &stats));
@@ -110,7 +114,9 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"g16_d128_one_split", 16, 1, 128, 64, {257, 5}, {}, 0, 1.0f, true, 1},
                     AttnCase{"g4_d64_bt16_window", 8, 2, 64, 16, {1, 63, 64, 65, 129, 257}, {}, 100, 1.0f, true, 5},
                     AttnCase{"g20_two_chunks", 20, 1, 64, 64, {65, 200}, {}, 0, 1.3f, true, 2},
-                    AttnCase{"mha_no_rope", 4, 4, 128, 64, {33, 130}, {}, 0, 1.0f, false, 0}),
+                    AttnCase{"mha_no_rope", 4, 4, 128, 64, {33, 130}, {}, 0, 1.0f, false, 0},
+                    AttnCase{"g2_d16_bt16", 4, 2, 16, 16, {1, 17, 50}, {}, 0, 1.0f, true, 2},
+                    AttnCase{"g4_d32_window", 8, 2, 32, 64, {70, 129}, {}, 40, 1.0f, true, 0}),
     [](const testing::TestParamInfo<AttnCase>& info) { return info.param.name; });
 
 class SimDensePrefill : public testing::TestWithParam<AttnCase> {};
@@ -143,8 +149,12 @@ TEST_P(SimDensePrefill, MatchesFloat64ReferenceWithinTwiceNaiveBf16) {
   p.out = reinterpret_cast<bf16*>(out.data());
   p.lse = lse.data();
   ASSERT_TRUE(cuda::validate(p).ok()) << cuda::validate(p).to_string();
-  if (c.head_dim == 64) sim_prefill<64>(p);
-  else sim_prefill<128>(p);
+  switch (c.head_dim) {
+    case 16: sim_prefill<16>(p); break;
+    case 32: sim_prefill<32>(p); break;
+    case 64: sim_prefill<64>(p); break;
+    default: sim_prefill<128>(p);
+  }
 
   CheckStats stats;
   EXPECT_TRUE(check_attention(c, d, ref, out, lse, &stats));
@@ -156,7 +166,9 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(AttnCase{"g4_d64_bt16", 8, 2, 64, 16, {1, 63, 64, 65, 129}, {1, 63, 64, 65, 129}},
                     AttnCase{"minicpm4_g16_d128", 32, 2, 128, 64, {65, 129}, {65, 17}},
                     AttnCase{"g3_scattered_window", 6, 2, 128, 64, {257}, {40}, 50, 1.0f, true, 0, true},
-                    AttnCase{"mha_no_rope", 2, 2, 64, 64, {100}, {100}, 0, 1.0f, false}),
+                    AttnCase{"mha_no_rope", 2, 2, 64, 64, {100}, {100}, 0, 1.0f, false},
+                    AttnCase{"g2_d16_bt16", 4, 2, 16, 16, {1, 40}, {1, 40}},
+                    AttnCase{"g4_d32_window", 8, 2, 32, 64, {130}, {70}, 40}),
     [](const testing::TestParamInfo<AttnCase>& info) { return info.param.name; });
 
 TEST(DenseCudaValidate, NamesTheFieldExpectedAndGot) {
@@ -178,7 +190,7 @@ TEST(DenseCudaValidate, NamesTheFieldExpectedAndGot) {
   p.softmax_scale = 0.1f;
   Status s = cuda::validate(p);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("kv.head_dim: expected 64 or 128, got 96"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("kv.head_dim: expected 16, 32, 64 or 128, got 96"), std::string::npos) << s.message();
   p.kv.head_dim = 64;
   p.kv.max_kv_len = 65;
   s = cuda::validate(p);
