@@ -112,7 +112,8 @@ Status LlamaModel::attend(Sequence& seq, int layer, const float* q, const float*
   std::vector<char> needed(static_cast<size_t>(num_blocks), 0);
   if (first_sparse > 0) {
     const int64_t dense_len = q_index[first_sparse - 1] + 1;
-    const int64_t from = c.sliding_window > 0 ? std::max<int64_t>(0, dense_len - c.sliding_window) / bt : 0;
+    // The chunk's first query sees the oldest keys: its window starts at q_index[0] - window + 1.
+    const int64_t from = c.sliding_window > 0 ? std::max<int64_t>(0, q_index[0] - c.sliding_window + 1) / bt : 0;
     for (int64_t b = from; b * bt < dense_len; ++b) needed[b] = 1;
   }
   if (m > 0) {
