@@ -70,9 +70,17 @@ __device__ __forceinline__ int64_t cta_max(int64_t v, int64_t* red, int warp, in
   return r;
 }
 
-template <int kHeadDim>
+// Modes: kFused (one split: both passes in one kernel), kLsePartial (pass 1 over this split's share of
+// the normaliser tiles → (m, l) partials in the workspace), kScoreFromPartials (merge every split's
+// partial, then pass 2 over this split's share of the tier-1 tiles). Splits (grid.z) let one decode
+// query spread its windows over the GPU; partials: [num_q, num_heads, num_splits] x (m, l), log2 units.
+enum BlockScoreMode { kFused = 0, kLsePartial = 1, kScoreFromPartials = 2 };
+
+// kLsePartial returns after pass 1: nvcc would flag pass 2 as unreachable in that instantiation.
+#pragma nv_diag_suppress 128
+template <int kHeadDim, int kMode>
 __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaParams p, int queries_per_cta,
-                                                          int halo) {
+                                                          int halo, float2* partials) {
   using Cfg = BlockScoreConfig<kHeadDim>;
   constexpr int kNT = Cfg::kWindows / 8;
   constexpr int kW = Cfg::kWindows;
@@ -87,10 +95,11 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
   const int g = static_cast<int>(blockIdx.y);
   const int group = p.num_heads / p.num_kv_heads;
   const int q0 = static_cast<int>(blockIdx.x) * queries_per_cta;
+  const int split = static_cast<int>(blockIdx.z), num_splits = static_cast<int>(gridDim.z);
   const bool approx = p.lse_keys.keys != nullptr;
   const float scale_log2 = p.softmax_scale * kLog2e;
 
-  int64_t n1[2], n_lse1[2], n2[2];
+  int64_t n1[2], n_lse1[2], n2[2], part_row[2];
   bool valid[2];
   const bf16* q_row[2];
 #pragma unroll
@@ -100,6 +109,7 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
     valid[r] = row < queries_per_cta * group && token < p.num_q;
     n1[r] = n_lse1[r] = n2[r] = 0;
     q_row[r] = nullptr;
+    part_row[r] = (int64_t{token} * p.num_heads + int64_t{g} * group + row % group) * num_splits;
     if (valid[r]) {
       const int64_t t = p.q_index[token];
       n1[r] = windows_visible(t, p.keys);
@@ -119,14 +129,19 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
   {
     float m1[2] = {-INFINITY, -INFINITY}, l1[2] = {0.0f, 0.0f};
     float m2[2] = {-INFINITY, -INFINITY}, l2[2] = {0.0f, 0.0f};
-    for (int tier = 0; tier < 2; ++tier) {
+    for (int tier = 0; tier < (kMode == kScoreFromPartials ? 0 : 2); ++tier) {  // partials: pass 1 ran before
       const CompressedKeysBf16& ck = tier == 0 ? p.keys : p.lse_keys;
       const int64_t n_cta = tier == 0 ? max_lse1 : max_n2;
       const int64_t* n_row = tier == 0 ? n_lse1 : n2;
       float* m = tier == 0 ? m1 : m2;
       float* l = tier == 0 ? l1 : l2;
       const bf16* keys = ck.keys + int64_t{g} * ck.head_stride;
-      for (int64_t j0 = 0; j0 < n_cta; j0 += kW) {
+      // This split's share of the tiles (all of them when fused).
+      const int64_t tiles = (n_cta + kW - 1) / kW;
+      const int64_t per = kMode == kFused ? tiles : (tiles + num_splits - 1) / num_splits;
+      const int64_t t_begin = kMode == kFused ? 0 : split * per;
+      const int64_t t_end = t_begin + per < tiles ? t_begin + per : tiles;
+      for (int64_t j0 = t_begin * kW; j0 < t_end * kW; j0 += kW) {
         cta_sync();  // every warp is done with the previous tile
         load_ck_tile<kHeadDim, Cfg::kThreads>(keys, j0, n_cta, sk, tid);
         cta_sync();
@@ -162,10 +177,33 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
     }
     quad_sum(l1);
     quad_sum(l2);
+    if constexpr (kMode == kLsePartial) {
+      if (lane % 4 == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (valid[r]) partials[part_row[r] + split] = n2[r] > 0 ? make_float2(m2[r], l2[r]) : make_float2(m1[r], l1[r]);
+        }
+      }
+      return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      lse[r] = n2[r] > 0 ? (l2[r] > 0.0f ? m2[r] + log2f(l2[r]) : -INFINITY)
-                         : (l1[r] > 0.0f ? m1[r] + log2f(l1[r]) : -INFINITY);
+      if constexpr (kMode == kScoreFromPartials) {
+        // Merge the splits' (m, l): M = max m, L = Σ l · exp2(m − M).
+        float mm = -INFINITY, ll = 0.0f;
+        if (valid[r]) {
+          for (int sp = 0; sp < num_splits; ++sp) mm = fmaxf(mm, partials[part_row[r] + sp].x);
+          const float base = mm == -INFINITY ? 0.0f : mm;
+          for (int sp = 0; sp < num_splits; ++sp) {
+            const float2 v = partials[part_row[r] + sp];
+            ll += v.y * exp2f(v.x - base);
+          }
+        }
+        lse[r] = ll > 0.0f ? mm + log2f(ll) : -INFINITY;
+      } else {
+        lse[r] = n2[r] > 0 ? (l2[r] > 0.0f ? m2[r] + log2f(l2[r]) : -INFINITY)
+                           : (l1[r] > 0.0f ? m1[r] + log2f(l1[r]) : -INFINITY);
+      }
     }
   }
 
@@ -175,8 +213,16 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
   const int pool_stride = halo + kW;
   for (int idx = tid; idx < queries_per_cta * pool_stride; idx += Cfg::kThreads) pool[idx] = 0.0f;
   const bf16* keys1 = p.keys.keys + int64_t{g} * p.keys.head_stride;
-  int64_t tiles_done = 0;
-  for (int64_t j0 = 0; j0 < max_n1 + halo; j0 += kW, ++tiles_done) {
+  // Tiles up to the one holding window max_n1 − 1 + halo (a block's halo may reach back into the last
+  // visible tile). This split's share: [t_begin, t_end), plus tile t_begin − 1 walked only to fill the halo.
+  const int64_t tiles = (max_n1 + halo + kW - 1) / kW;
+  const int64_t per = (tiles + num_splits - 1) / num_splits;
+  const int64_t t_begin = split * per;
+  const int64_t t_end = t_begin + per < tiles ? t_begin + per : tiles;
+  int64_t tile = t_begin > 0 && t_begin < t_end ? t_begin - 1 : t_begin;
+  for (; tile < t_end; ++tile) {
+    const int64_t j0 = tile * kW;
+    const bool write_blocks = tile >= t_begin;
     cta_sync();
     load_ck_tile<kHeadDim, Cfg::kThreads>(keys1, j0, max_n1, sk, tid);
     cta_sync();
@@ -207,8 +253,8 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
     for (int idx = tid; idx < queries_per_cta * blocks_per_tile; idx += Cfg::kThreads) {
       const int qq = idx / blocks_per_tile, bb = idx % blocks_per_tile;
       const int token = q0 + qq;
-      const int64_t b = tiles_done * blocks_per_tile + bb;
-      if (token >= p.num_q || b >= p.num_blocks) continue;
+      const int64_t b = tile * blocks_per_tile + bb;
+      if (!write_blocks || token >= p.num_q || b >= p.num_blocks) continue;
       float best = 0.0f;  // windows not visible count as 0; a NaN p leaves best (std::max's order)
       const float* w = pool + qq * pool_stride + bb * windows_per_block;
       for (int i = 0; i < windows_per_block + halo; ++i) best = best < w[i] ? w[i] : best;
@@ -220,9 +266,9 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
       pool[qq * pool_stride + i] = pool[qq * pool_stride + kW + i];
     }
   }
-  // Blocks past the last tile see no visible window: score 0.
-  const int64_t first_zero = tiles_done * blocks_per_tile;
-  if (first_zero < p.num_blocks) {
+  // Blocks past the last tile see no visible window: score 0 (written by split 0).
+  const int64_t first_zero = tiles * blocks_per_tile;
+  if (split == 0 && first_zero < p.num_blocks) {
     const int64_t rest = p.num_blocks - first_zero;
     for (int64_t idx = tid; idx < int64_t{queries_per_cta} * rest; idx += Cfg::kThreads) {
       const int token = q0 + static_cast<int>(idx / rest);
@@ -232,5 +278,7 @@ __global__ void __launch_bounds__(128) block_score_kernel(const BlockScoreCudaPa
     }
   }
 }
+
+#pragma nv_diag_default 128
 
 }  // namespace mnemo::cuda

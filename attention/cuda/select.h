@@ -55,10 +55,22 @@ struct BlockScoreCudaParams {
   int64_t num_blocks = 0;            // row width; t_i / block_size < num_blocks
   float softmax_scale = 0.0f;
   float* block_scores = nullptr;     // [num_q, num_kv_heads, num_blocks]
+  int num_splits = 1;                // window splits per CTA (plan_block_scores); 1: one fused kernel
 };
 
+// Window splits so that query tiles x kv heads x splits CTAs fill `num_sms` SMs about twice (a decode
+// query spreads its windows over the GPU; a prefill chunk needs none), with at least 2 tiles of 32
+// windows per split. Host only.
+struct BlockScorePlan {
+  int num_splits = 1;
+  size_t workspace_bytes = 0;  // (m, l) partials: num_q x num_heads x num_splits x 8 bytes
+};
+BlockScorePlan plan_block_scores(int num_q, int num_heads, int num_kv_heads, int64_t num_compressed, int num_sms);
+size_t block_scores_workspace_bytes(const BlockScoreCudaParams& p);
+
 Status validate(const BlockScoreCudaParams& p);
-Status block_scores_launch(const BlockScoreCudaParams& p, cudaStream_t stream);
+// num_splits == 1: one kernel. Otherwise a partial-normaliser kernel then the scoring kernel.
+Status block_scores_launch(const BlockScoreCudaParams& p, Workspace workspace, cudaStream_t stream);
 
 struct BlockTopkCudaParams {
   const float* block_scores = nullptr;  // [num_q, num_kv_heads, num_blocks]

@@ -1,4 +1,5 @@
 // Host side of CUDA stage 1 and top-k: shape validation (messages name the field, expected and got).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -22,6 +23,28 @@ Status validate_keys(const CompressedKeysBf16& k, const char* name, bool require
 
 }  // namespace
 
+BlockScorePlan plan_block_scores(int num_q, int num_heads, int num_kv_heads, int64_t num_compressed, int num_sms) {
+  BlockScorePlan plan;
+  if (num_q <= 0 || num_heads <= 0 || num_kv_heads <= 0 || num_heads % num_kv_heads != 0) return plan;
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t queries_per_cta = group > 64 ? 1 : 64 / group;
+  const int64_t ctas = (num_q + queries_per_cta - 1) / queries_per_cta * num_kv_heads;
+  const int64_t target = 2 * int64_t{num_sms > 0 ? num_sms : 1};
+  const int64_t max_by_tiles = std::max<int64_t>(1, (num_compressed + 63) / 64);  // >= 2 tiles of 32 per split
+  plan.num_splits = static_cast<int>(std::clamp<int64_t>((target + ctas - 1) / ctas, 1, std::min<int64_t>(max_by_tiles, 1024)));
+  BlockScoreCudaParams p;
+  p.num_q = num_q;
+  p.num_heads = num_heads;
+  p.num_splits = plan.num_splits;
+  plan.workspace_bytes = block_scores_workspace_bytes(p);
+  return plan;
+}
+
+size_t block_scores_workspace_bytes(const BlockScoreCudaParams& p) {
+  if (p.num_splits <= 1) return 0;
+  return size_t(p.num_q) * p.num_heads * p.num_splits * 2 * sizeof(float);
+}
+
 Status validate(const BlockScoreCudaParams& p) {
   if (!p.q || !p.q_index || !p.block_scores) return invalid_argument("block scores: q, q_index and block_scores must be set");
   if (p.num_q <= 0 || p.num_q > (1 << 30)) return invalid_argument("block scores: num_q: expected in [1, 2^30], got ", p.num_q);
@@ -43,6 +66,9 @@ Status validate(const BlockScoreCudaParams& p) {
                             ", block_size ", p.block_size);
   }
   if (p.num_blocks <= 0) return invalid_argument("block scores: num_blocks: expected > 0, got ", p.num_blocks);
+  if (p.num_splits < 1 || p.num_splits > 1024) {
+    return invalid_argument("block scores: num_splits: expected in [1, 1024], got ", p.num_splits);
+  }
   if (!(p.softmax_scale > 0.0f) || !std::isfinite(p.softmax_scale)) {
     return invalid_argument("block scores: softmax_scale: expected a positive finite value, got ", p.softmax_scale);
   }

@@ -54,12 +54,24 @@ TEST_P(SelectCuda, ScoresMatchCpuAndTopkIsIdentical) {
   p.num_blocks = d.num_blocks;
   p.softmax_scale = d.softmax_scale;
   p.block_scores = scores.get();
-  Status s = cuda::block_scores_launch(p, nullptr);
-  ASSERT_TRUE(s.ok()) << s.to_string();
-  const std::vector<float> got = scores.download();
-  double max_rel = 0;
-  EXPECT_TRUE(check_scores(c, got, want, &max_rel));
-  std::printf("[ stats    ] %s: block scores max rel err %.3g over %zu\n", c.name.c_str(), max_rel, want.size());
+  int num_sms = 0;
+  cuda_check(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), "sm count");
+  const cuda::BlockScorePlan plan = cuda::plan_block_scores(p.num_q, c.num_heads, c.num_kv_heads, d.n1, num_sms);
+  Status s;
+  std::vector<float> got;
+  for (int splits : {plan.num_splits, 1, 5}) {
+    p.num_splits = splits;
+    DeviceBuffer<char> work(cuda::block_scores_workspace_bytes(p));
+    work.poison();
+    scores.poison();
+    s = cuda::block_scores_launch(p, {work.get(), work.size()}, nullptr);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    got = scores.download();
+    double max_rel = 0;
+    EXPECT_TRUE(check_scores(c, got, want, &max_rel)) << "splits " << splits;
+    std::printf("[ stats    ] %s (splits %d): block scores max rel err %.3g over %zu\n", c.name.c_str(), splits,
+                max_rel, want.size());
+  }
 
   std::vector<float> tied = want;
   plant_ties(&tied, seed);

@@ -46,14 +46,24 @@ cuda::BlockScoreCudaParams score_params(const SelectCase& c, const SelectData& d
   return p;
 }
 
-// Same grid as attention/cuda/select.cu.
+// Same grids as attention/cuda/select.cu.
 template <int kHeadDim>
 void sim_scores(const cuda::BlockScoreCudaParams& p) {
   using Cfg = cuda::BlockScoreConfig<kHeadDim>;
   const int queries = Cfg::kRows / (p.num_heads / p.num_kv_heads);
   const int halo = p.keys.kernel_size / p.keys.kernel_stride - 1;
-  sim::launch(dim3((p.num_q + queries - 1) / queries, p.num_kv_heads), dim3(Cfg::kThreads),
-              Cfg::smem_bytes(queries, halo), [&] { cuda::block_score_kernel<kHeadDim>(p, queries, halo); });
+  const dim3 grid((p.num_q + queries - 1) / queries, p.num_kv_heads, p.num_splits);
+  const size_t smem = Cfg::smem_bytes(queries, halo);
+  if (p.num_splits == 1) {
+    sim::launch(grid, dim3(Cfg::kThreads), smem,
+                [&] { cuda::block_score_kernel<kHeadDim, cuda::kFused>(p, queries, halo, nullptr); });
+    return;
+  }
+  std::vector<float2> partials(cuda::block_scores_workspace_bytes(p) / sizeof(float2), make_float2(NAN, NAN));
+  sim::launch(grid, dim3(Cfg::kThreads), smem,
+              [&] { cuda::block_score_kernel<kHeadDim, cuda::kLsePartial>(p, queries, halo, partials.data()); });
+  sim::launch(grid, dim3(Cfg::kThreads), smem,
+              [&] { cuda::block_score_kernel<kHeadDim, cuda::kScoreFromPartials>(p, queries, halo, partials.data()); });
 }
 
 void sim_topk(const cuda::BlockTopkCudaParams& p) {
@@ -71,14 +81,19 @@ TEST_P(SimSelect, ScoresMatchCpuAndTopkIsIdentical) {
   const std::vector<float> want = cpu_block_scores(c, d);
 
   cuda::BlockScoreCudaParams sp = score_params(c, d);
-  std::vector<float> got(want.size(), NAN);
-  sp.block_scores = got.data();
-  ASSERT_TRUE(cuda::validate(sp).ok()) << cuda::validate(sp).to_string();
-  if (c.head_dim == 64) sim_scores<64>(sp);
-  else sim_scores<128>(sp);
-  double max_rel = 0;
-  EXPECT_TRUE(check_scores(c, got, want, &max_rel));
-  std::printf("[ stats    ] %s: block scores max rel err %.3g over %zu\n", c.name.c_str(), max_rel, want.size());
+  std::vector<float> got;
+  for (int splits : {3, 1}) {  // window splits + partial normalisers, then the fused kernel
+    got.assign(want.size(), NAN);
+    sp.block_scores = got.data();
+    sp.num_splits = splits;
+    ASSERT_TRUE(cuda::validate(sp).ok()) << cuda::validate(sp).to_string();
+    if (c.head_dim == 64) sim_scores<64>(sp);
+    else sim_scores<128>(sp);
+    double max_rel = 0;
+    EXPECT_TRUE(check_scores(c, got, want, &max_rel)) << "splits " << splits;
+    std::printf("[ stats    ] %s (splits %d): block scores max rel err %.3g over %zu\n", c.name.c_str(), splits,
+                max_rel, want.size());
+  }
 
   // Top-k on identical (tie-planted) scores: identical ids.
   std::vector<float> tied = want;
