@@ -7,10 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-cuda}
 cmake -S . -B "$BUILD" -DMNEMO_CUDA=ON -DMNEMO_WERROR=ON >/dev/null
-cmake --build "$BUILD" -j2 --target cuda_test cuda_sim_test dense_attention_bench
+cmake --build "$BUILD" -j2 --target cuda_test cuda_sim_test dense_attention_bench sparse_attention_bench
 rm -rf .devlib
 mkdir -p .devlib/bin .devlib/fallback
-cp "$BUILD/tests/cuda_test" "$BUILD/tests/cuda_sim_test" "$BUILD/bench/dense_attention_bench" .devlib/bin/
+cp "$BUILD/tests/cuda_test" "$BUILD/tests/cuda_sim_test" "$BUILD/bench/dense_attention_bench" \
+  "$BUILD/bench/sparse_attention_bench" .devlib/bin/
 for bin in .devlib/bin/*; do ldd "$bin" | awk '/=> \//{print $3}'; done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | libcublas* | libcuda.so*) ;;
