@@ -67,10 +67,9 @@ RuntimeImpl::RuntimeImpl(RuntimeOptions options, std::unique_ptr<LlamaModel> mod
 RuntimeImpl::~RuntimeImpl() {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // No cancel_ here: a step in flight finishes, then the loop fails every generation with the same
+    // kCancelled "the runtime is shutting down" — never sometimes a result, sometimes an error.
     stop_ = true;
-    for (auto& [id, s] : sessions_) {
-      if (s->gen_) s->cancel_ = true;
-    }
   }
   cv_.notify_all();
   thread_.join();
@@ -181,7 +180,7 @@ Status RuntimeImpl::delete_session(const std::string& id) {
   // Removal happens on the engine thread, after any step that uses the session has finished.
   auto r = run_on_engine<bool>([this, id]() -> Result<bool> {
     std::shared_ptr<SessionImpl> victim;
-    std::unique_ptr<Generation> gen;
+    std::unique_ptr<Generation> gen, next_gen;
     std::vector<std::promise<Status>> waiters;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -190,10 +189,12 @@ Status RuntimeImpl::delete_session(const std::string& id) {
         victim = it->second;
         sessions_.erase(it);
         gen = std::move(victim->gen_);
+        next_gen = std::move(victim->next_gen_);
         waiters = std::move(victim->prefill_waiters_);
       }
     }
-    if (gen) gen->promise.set_value(cancelled("session '", id, "' was deleted"));
+    if (gen) gen->complete(cancelled("session '", id, "' was deleted"));
+    if (next_gen) next_gen->complete(cancelled("session '", id, "' was deleted"));
     for (auto& w : waiters) w.set_value(cancelled("session '", id, "' was deleted"));
     if (persistent()) {
       Result<persist::SessionRecord> record = persist::read_session(model_->store(), id);
@@ -258,7 +259,9 @@ bool RuntimeImpl::has_work_locked() const {
   for (const auto& [id, s] : sessions_) {
     if (!s->broken_.ok()) continue;
     if (s->runnable_locked() > 0) return true;
-    if (s->gen_ && (s->cancel_ || (!s->gen_->started && s->pending_locked() == 0))) return true;
+    if (s->gen_ && (s->cancel_ || (!s->gen_->started && s->pending_locked() == 0 && s->gen_->may_sample()))) {
+      return true;
+    }
   }
   return false;
 }
@@ -276,13 +279,19 @@ void RuntimeImpl::loop() {
         for (auto& t : tasks) t();
         lock.lock();
       }
-      // Finish: cancel generations and fail waiters so no future is left hanging.
+      // Finish: cancel generations and fail waiters so no future is left hanging. Unlocked, as in a
+      // step: a generation's on_done hook may lock its stream's state.
+      std::vector<std::unique_ptr<Generation>> gens;
+      std::vector<std::promise<Status>> waiters;
       for (auto& [id, s] : sessions_) {
-        if (s->gen_) s->gen_->promise.set_value(cancelled("the runtime is shutting down"));
-        s->gen_.reset();
-        for (auto& w : s->prefill_waiters_) w.set_value(cancelled("the runtime is shutting down"));
+        if (s->gen_) gens.push_back(std::move(s->gen_));
+        if (s->next_gen_) gens.push_back(std::move(s->next_gen_));
+        for (auto& w : s->prefill_waiters_) waiters.push_back(std::move(w));
         s->prefill_waiters_.clear();
       }
+      lock.unlock();
+      for (auto& g : gens) g->complete(cancelled("the runtime is shutting down"));
+      for (auto& w : waiters) w.set_value(cancelled("the runtime is shutting down"));
       return;
     }
     step(lock);

@@ -12,7 +12,7 @@ namespace {
 // Finishes `s`'s generation with `result` (or an error); the promise is completed later, unlocked.
 void finish(SessionImpl& s, Result<GenerateResult> result, std::vector<std::function<void()>>* after) {
   auto gen = std::shared_ptr<Generation>(std::move(s.gen_));
-  after->push_back([gen, r = std::move(result)]() mutable { gen->promise.set_value(std::move(r)); });
+  after->push_back([gen, r = std::move(result)]() mutable { gen->complete(std::move(r)); });
 }
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string: text that must
@@ -144,6 +144,9 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
       finish(s, std::move(g.result), &after);
       continue;
     }
+    // Backpressure: a stream whose consumer has not read its buffer pauses the session here, with
+    // the last token's logits kept; reading wakes the engine (runtime/token_stream.cpp).
+    if (!g.may_sample()) continue;
     g.started = true;
     std::vector<int32_t> history = s.tokens_;
     const int32_t token = g.sampler->sample(s.last_logits_.data<float>(), vocab, history);
@@ -199,11 +202,17 @@ void RuntimeImpl::step(std::unique_lock<std::mutex>& lock) {
       finish(s, std::move(g.result), &after);
     }
   }
-  // Input appended during a generation joins the stream once it is over.
+  // Input appended during a generation joins the stream once it is over; then a generation queued
+  // behind a cancelled one starts (after that input, as if generate() had been called now).
   for (auto& sp : all) {
     if (!sp->gen_ && !sp->deferred_.empty()) {
       sp->tokens_.insert(sp->tokens_.end(), sp->deferred_.begin(), sp->deferred_.end());
       sp->deferred_.clear();
+    }
+    if (!sp->gen_ && sp->next_gen_) {
+      sp->gen_ = std::move(sp->next_gen_);
+      sp->cancel_ = false;
+      if (!sp->broken_.ok()) finish(*sp, sp->broken_, &after);  // the loop skips broken sessions
     }
   }
   lock.unlock();

@@ -5,6 +5,8 @@
 //   (*s)->append_text("The pass key is 12345. ...").get();            // durable when the future is ready
 //   auto r = (*s)->generate({.max_new_tokens = 16}, [](const TokenEvent& e) { print(e.text); }).get();
 //
+// The same generation as an awaitable stream with backpressure (Boost.Asio): runtime/token_stream.h.
+//
 // Threading: one engine thread runs every model step (continuous batching across sessions: decode
 // tokens first, then prefill chunks); the API is thread-safe and never blocks on model work — calls
 // return futures. Token callbacks run on the engine thread: keep them short, and never wait there —
@@ -93,9 +95,12 @@ class Session {
   virtual std::future<Status> wait_prefilled() = 0;
 
   // Generates after all appended input. Generated tokens become part of the stream. One generation at
-  // a time per session (a second one fails with kInvalidArgument).
+  // a time per session (a second one fails with kInvalidArgument) — except that one requested while
+  // the running one is being cancelled waits for it to stop, then starts: cancel() then generate()
+  // never races the engine.
   virtual std::future<Result<GenerateResult>> generate(GenerateRequest request, TokenCallback on_token = {}) = 0;
-  // Stops the running generation (it finishes with kCancelled); no-op when none runs.
+  // Stops the running generation (it finishes with kCancelled at the engine's next step) and ends one
+  // queued behind it (kCancelled, no tokens); no-op when none runs.
   virtual void cancel() = 0;
 
   // A new session sharing this one's history copy-on-write (no block copies). Waits for pending

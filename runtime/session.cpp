@@ -104,35 +104,62 @@ std::future<Status> SessionImpl::wait_prefilled() {
 }
 
 std::future<Result<GenerateResult>> SessionImpl::generate(GenerateRequest request, TokenCallback on_token) {
-  using R = Result<GenerateResult>;
-  Status valid = request.sampling.validate();
-  if (!valid.ok()) return ready<R>(valid);
-  if (request.max_new_tokens < 0) return ready<R>(invalid_argument("generate: max_new_tokens must be >= 0"));
-  std::lock_guard<std::mutex> lock(rt_->mu_);
-  if (closed_) return ready<R>(cancelled("session '", id_, "' is closed"));
-  if (!broken_.ok()) return ready<R>(broken_);
-  if (gen_) return ready<R>(invalid_argument("session '", id_, "' is already generating"));
-  if (tokens_.empty()) {
-    const int32_t bos = rt_->tokenizer_->bos_id();
-    if (bos < 0) return ready<R>(invalid_argument("session '", id_, "' is empty and the model has no BOS token"));
-    tokens_.push_back(bos);
-  }
-  gen_ = std::make_unique<Generation>();
-  gen_->request = std::move(request);
-  gen_->on_token = std::move(on_token);
-  gen_->sampler = std::make_unique<Sampler>(gen_->request.sampling);
-  DecodeOptions decode;
-  decode.continuation = true;  // generated text continues the stream
-  gen_->decoder = std::make_unique<StreamDecoder>(*rt_->tokenizer_, decode);
-  cancel_ = false;
-  auto f = gen_->promise.get_future();
-  rt_->wake();
+  auto gen = std::make_unique<Generation>();
+  gen->request = std::move(request);
+  gen->on_token = std::move(on_token);
+  auto f = gen->promise.get_future();
+  Status s = start_generation(gen);
+  if (!s.ok()) return ready<Result<GenerateResult>>(std::move(s));
   return f;
 }
 
-void SessionImpl::cancel() {
+Status SessionImpl::start_generation(std::unique_ptr<Generation>& gen) {
+  MNEMO_RETURN_IF_ERROR(gen->request.sampling.validate());
+  if (gen->request.max_new_tokens < 0) return invalid_argument("generate: max_new_tokens must be >= 0");
   std::lock_guard<std::mutex> lock(rt_->mu_);
-  if (gen_) cancel_ = true;
+  if (closed_) return cancelled("session '", id_, "' is closed");
+  if (!broken_.ok()) return broken_;
+  // A generation being cancelled ends at the engine's next step; a new one queues behind it so that
+  // "cancel, then generate" (or destroying a TokenStream, then generating) never races the engine.
+  if ((gen_ && !cancel_) || next_gen_) return invalid_argument("session '", id_, "' is already generating");
+  if (tokens_.empty() && !gen_) {
+    const int32_t bos = rt_->tokenizer_->bos_id();
+    if (bos < 0) return invalid_argument("session '", id_, "' is empty and the model has no BOS token");
+    tokens_.push_back(bos);
+  }
+  gen->sampler = std::make_unique<Sampler>(gen->request.sampling);
+  DecodeOptions decode;
+  decode.continuation = true;  // generated text continues the stream
+  gen->decoder = std::make_unique<StreamDecoder>(*rt_->tokenizer_, decode);
+  if (gen_) {
+    next_gen_ = std::move(gen);
+  } else {
+    gen_ = std::move(gen);
+    cancel_ = false;
+  }
+  rt_->wake();
+  return Status::Ok();
+}
+
+void SessionImpl::cancel() { cancel_generation(nullptr); }
+
+void SessionImpl::cancel_generation(const void* owner) {
+  std::unique_ptr<Generation> queued;
+  {
+    std::lock_guard<std::mutex> lock(rt_->mu_);
+    if (gen_ && (!owner || gen_->owner == owner)) cancel_ = true;
+    if (next_gen_ && (!owner || next_gen_->owner == owner)) queued = std::move(next_gen_);
+    rt_->wake();
+  }
+  if (queued) {  // never started: it ends here, empty, outside the lock (its hooks may lock)
+    GenerateResult r;
+    r.reason = FinishReason::kCancelled;
+    queued->complete(std::move(r));
+  }
+}
+
+void SessionImpl::wake_engine() {
+  std::lock_guard<std::mutex> lock(rt_->mu_);
   rt_->wake();
 }
 

@@ -1,6 +1,7 @@
 // Internal: one session's state, shared between API threads (under RuntimeImpl::mu_) and the engine.
 #pragma once
 
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -21,11 +22,25 @@ struct Generation {
   GenerateRequest request;
   TokenCallback on_token;
   std::promise<Result<GenerateResult>> promise;
+  // Backpressure (runtime/token_stream.cpp): the engine samples the next token only while this
+  // returns true. Called under RuntimeImpl::mu_: it must not lock or call into the runtime.
+  std::function<bool()> has_room;
+  // Runs once with the outcome, after the last on_token and before the promise is set; never under
+  // RuntimeImpl::mu_, so it may lock its own state.
+  std::function<void(const Result<GenerateResult>&)> on_done;
+  const void* owner = nullptr;  // who started it (a TokenStream's state), for cancel_generation()
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<StreamDecoder> decoder;
   GenerateResult result;
   std::string held;      // decoded text held back while it may be the start of a stop string
   bool started = false;  // all input before it was prefilled and the first token sampled
+
+  bool may_sample() const { return !has_room || has_room(); }
+  // Hands out the outcome: on_done, then the promise. Call it without holding RuntimeImpl::mu_.
+  void complete(Result<GenerateResult> result) {
+    if (on_done) on_done(result);
+    promise.set_value(std::move(result));
+  }
 };
 
 class SessionImpl : public Session {
@@ -47,6 +62,16 @@ class SessionImpl : public Session {
   int64_t pending_locked() const { return static_cast<int64_t>(tokens_.size()) - prefilled_; }
   // Tokens the scheduler may run now: pending input, unless a started generation owns the stream.
   int64_t runnable_locked() const;
+  // Installs `gen` as the session's generation (generate() with the stream's hooks). When the
+  // running generation is being cancelled, `gen` waits in next_gen_ and starts once it has stopped.
+  // Errors (nothing installed, `gen` untouched): as generate().
+  Status start_generation(std::unique_ptr<Generation>& gen);
+  // Cancels the generation started by `owner` (running or queued); no-op when it is not there any
+  // more, so a stream never cancels a later generation of its session.
+  void cancel_generation(const void* owner);
+  // Wakes the engine (a stream's consumer made room in a full buffer). Takes rt_->mu_ so the wake
+  // cannot fall between the engine's check of has_room and its wait.
+  void wake_engine();
 
   RuntimeImpl* rt_;
   const std::string id_;
@@ -58,7 +83,8 @@ class SessionImpl : public Session {
   int64_t prefilled_ = 0;               // tokens_[0, prefilled_) are in the KV cache
   int64_t logged_ = 0;                  // tokens_ + deferred_ written to the store's token log
   std::unique_ptr<Generation> gen_;
-  bool cancel_ = false;
+  std::unique_ptr<Generation> next_gen_;  // requested while gen_ was being cancelled
+  bool cancel_ = false;                   // applies to gen_
   bool closed_ = false;
   Status broken_;                       // a failed step leaves the session unusable with this error
   std::vector<std::promise<Status>> prefill_waiters_;
