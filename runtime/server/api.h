@@ -73,6 +73,10 @@ class GenerationJob {
   // Starts generating; on_token runs on the engine thread. A job cancelled before start() finishes
   // at once with reason kCancelled.
   std::future<Result<GenerateResult>> start(TokenCallback on_token);
+  // The same for a streamed reply: calls launch(session, request) to start the generation (a
+  // TokenStream), under the job's lock so a cancel() cannot fall between the check and the start.
+  // false, without calling launch, when the job was cancelled first (it ends with kCancelled).
+  bool start_with(const std::function<void(const std::shared_ptr<Session>&, const GenerateRequest&)>& launch);
   // Stops the generation; `cause` ("disconnect", "request", "shutdown") goes to the metrics.
   void cancel(const char* cause);
   // Releases the session (deletes a temporary one) and records the outcome (`result` may be null).

@@ -103,6 +103,16 @@ std::future<Result<GenerateResult>> GenerationJob::start(TokenCallback on_token)
   return session_->generate(params_.request, std::move(on_token));
 }
 
+bool GenerationJob::start_with(
+    const std::function<void(const std::shared_ptr<Session>&, const GenerateRequest&)>& launch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cancel_cause_) return false;
+  started_ = true;
+  api_.metrics().generation_started();
+  launch(session_, params_.request);
+  return true;
+}
+
 void GenerationJob::cancel(const char* cause) {
   std::lock_guard<std::mutex> lock(mu_);
   if (cancel_cause_ || finished_) return;

@@ -5,9 +5,10 @@
 // Key decisions:
 // - One I/O thread. Connections only parse, route and write; waiting on the runtime happens on
 //   helper threads (the runtime hands out std::futures), so a slow fork never stalls a token stream.
-// - Tokens travel engine thread -> StreamSink -> concurrent_channel -> the connection's coroutine,
-//   which writes one SSE chunk per item. async_send never blocks the engine: when the channel's
-//   buffer is full the send waits inside the channel, in order.
+// - A streamed generation is a TokenStream (runtime/token_stream.h) read by the connection's
+//   coroutine, one SSE chunk per token. Backpressure end to end: while a chunk is being written the
+//   stream's bounded buffer fills and the engine pauses that session, so a slow client costs at most
+//   kSseBufferEvents events and no model work (until write_timeout_ms cancels it).
 // - While a request runs, a second coroutine reads the socket: EOF or an error means the client went
 //   away, and its generation is cancelled (streamed or not).
 // - g++ 12 destroys some temporaries of a full-expression holding co_await twice (capturing lambdas,
@@ -17,7 +18,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -36,6 +36,7 @@
 #include "runtime/server/api.h"
 #include "runtime/server/helper_threads.h"
 #include "runtime/server/server.h"
+#include "runtime/token_stream.h"
 
 namespace mnemo::server {
 namespace asio = boost::asio;
@@ -49,27 +50,8 @@ constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-// One item of a streamed generation: text from the engine thread, or the result from a helper.
-struct StreamItem {
-  std::string text;
-  std::optional<Result<GenerateResult>> final;
-};
-using StreamChannel = asio::experimental::concurrent_channel<void(error_code, StreamItem)>;
-
-// Where a generation's callbacks send items. States: attached (channel set) -> detached (null, set by
-// the connection before the channel goes away; later items are dropped).
-struct StreamSink {
-  std::mutex mu;
-  StreamChannel* channel = nullptr;
-  void push(StreamItem item) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (channel) channel->async_send(error_code{}, std::move(item), asio::detached);
-  }
-  void detach() {
-    std::lock_guard<std::mutex> lock(mu);
-    channel = nullptr;
-  }
-};
+// Token events a streamed generation may buffer while its client's socket is slow.
+constexpr int64_t kSseBufferEvents = 64;
 
 struct Connection {
   explicit Connection(tcp::socket s) : stream(std::move(s)) {}
@@ -106,7 +88,7 @@ class Server::Impl {
   awaitable<void> serve_requests(Connection& c);
   awaitable<bool> respond(Connection& c, Plan& plan, unsigned version, bool keep_alive);
   awaitable<bool> stream_generation(Connection& c, Plan& plan, unsigned version, bool keep_alive);
-  awaitable<void> pump_stream(Connection& c, std::shared_ptr<GenerationJob> job, StreamChannel& channel,
+  awaitable<void> pump_stream(Connection& c, std::shared_ptr<GenerationJob> job, TokenStream* stream,
                               unsigned version, bool keep_alive, bool& client_ok);
   awaitable<void> blocking_then_stop_watch(Connection& c, std::function<HttpReply()> fn, HttpReply& out);
   awaitable<void> watch_disconnect(Connection& c, std::function<void()> on_disconnect);
@@ -358,39 +340,23 @@ awaitable<bool> Server::Impl::stream_generation(Connection& c, Plan& plan, unsig
     const HttpReply reply = error_reply(*error);
     co_return co_await write_reply(c, reply, version, keep_alive);
   }
-  StreamChannel channel(ioc_, 256);
-  auto sink = std::make_shared<StreamSink>();
-  sink->channel = &channel;
-  struct Detach {
-    StreamSink& sink;
-    ~Detach() { sink.detach(); }  // before `channel` is destroyed, on every path out
-  } detach_on_exit{*sink};
-  auto future = job->start([sink](const TokenEvent& e) {
-    if (!e.text.empty()) sink->push({e.text, std::nullopt});
-  });
-  // The result comes as a std::future: a helper waits for it and sends it after the last token.
-  helpers_.spawn([sink, future = std::move(future)]() mutable {
-    StreamItem item;
-    try {
-      item.final = future.get();
-    } catch (const std::exception& e) {
-      item.final = internal_error("generation: ", e.what());
-    }
-    sink->push(std::move(item));
+  std::optional<TokenStream> stream;  // none when the job was cancelled before it started
+  job->start_with([&](const std::shared_ptr<Session>& session, const GenerateRequest& request) {
+    stream.emplace(generate_stream(ioc_.get_executor(), session, request, {.buffer_events = kSseBufferEvents}));
   });
   metrics_.count_request(plan.route, 200);
   bool client_ok = true;
   c.stream.expires_never();
-  auto pump = pump_stream(c, job, channel, version, keep_alive, client_ok);
+  auto pump = pump_stream(c, job, stream ? &*stream : nullptr, version, keep_alive, client_ok);
   auto watch = watch_disconnect(c, [job] { job->cancel("disconnect"); });
   co_await (std::move(pump) && std::move(watch));
   co_return client_ok&& keep_alive && !stopping_;
 }
 
-// Writes the SSE response: the header, one chunk per item until the result, then the end. The job
-// is finished (session released) before the last chunk, so a client that reads [DONE] may at once
-// generate again in the same session.
-awaitable<void> Server::Impl::pump_stream(Connection& c, std::shared_ptr<GenerationJob> job, StreamChannel& channel,
+// Writes the SSE response: the header, one chunk per token event until the stream ends, then the
+// end. The job is finished (session released) before the last chunk, so a client that reads [DONE]
+// may at once generate again in the same session.
+awaitable<void> Server::Impl::pump_stream(Connection& c, std::shared_ptr<GenerationJob> job, TokenStream* stream,
                                           unsigned version, bool keep_alive, bool& client_ok) {
   const auto write_timeout = std::chrono::milliseconds(options_.write_timeout_ms);
   http::response<http::empty_body> res{http::status::ok, version};
@@ -404,20 +370,39 @@ awaitable<void> Server::Impl::pump_stream(Connection& c, std::shared_ptr<Generat
   auto [ec, n] = co_await http::async_write_header(c.stream, serializer, kTuple);
   client_ok = !ec;
   if (!client_ok) job->cancel("disconnect");
+  GenerateResult collected;  // the result, rebuilt from the events
+  std::optional<Result<GenerateResult>> final;
+  if (!stream) {
+    collected.reason = FinishReason::kCancelled;
+    final = std::move(collected);
+  }
   for (bool done = false; !done;) {
-    auto [receive_ec, item] = co_await channel.async_receive(kTuple);
-    if (receive_ec) item.final = internal_error("stream channel: ", receive_ec.message());  // not expected
     std::string data;
-    if (item.final) {
+    if (!final) {
+      auto next = stream->async_next(kTuple);
+      auto [next_ec, ev] = co_await std::move(next);
+      if (next_ec) {
+        Status error = stream->status();
+        final = error.ok() ? internal_error("token stream: ", next_ec.message()) : std::move(error);
+      } else if (ev.last()) {
+        collected.text += ev.text;
+        collected.reason = *ev.finish;
+        final = std::move(collected);
+      } else {
+        collected.tokens.push_back(ev.id);
+        collected.text += ev.text;
+        if (ev.text.empty()) continue;  // a pending multi-byte character or stop-string prefix
+        data = job->sse_chunk(ev.text);
+      }
+    }
+    if (final) {
       done = true;
-      auto finish = run_blocking<bool>([job, result = &*item.final] {
+      auto finish = run_blocking<bool>([job, result = &*final] {
         job->finish(result);
         return true;
       });
       co_await std::move(finish);
-      data = job->sse_end(*item.final);
-    } else {
-      data = job->sse_chunk(item.text);
+      data = job->sse_end(*final);
     }
     if (!client_ok) continue;
     c.stream.expires_after(write_timeout);
