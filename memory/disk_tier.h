@@ -3,7 +3,8 @@
 // Column families:
 //   kv   : key = big-endian seq(8) | layer(4) | block(4), so one sequence is one key range. Value =
 //          magic(4) | crc32c(4) of key and block bytes | block bytes ([2, Hkv, block_tokens, head_dim]
-//          f32). Blob files (values are 64–256 KiB: compaction moves keys, not blocks), no compression.
+//          of the layout's dtype: slot_bytes). Blob files (values are 64–256 KiB: compaction moves
+//          keys, not blocks), no compression.
 //   repr : reserved for representatives (compressed keys); empty for now.
 //   meta : small records: the caller's (put_meta) and the store's own, whose keys start with '\0':
 //          "\0store/fingerprint", "\0store/layout", "\0store/seq/" + be64 seq (a sequence's fork

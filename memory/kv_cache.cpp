@@ -8,6 +8,10 @@ Result<std::unique_ptr<KvArena>> KvArena::create(const KvLayout& layout, int64_t
   if (layout.num_layers <= 0 || layout.num_kv_heads <= 0 || layout.block_tokens <= 0 || layout.head_dim <= 0) {
     return invalid_argument("KV layout: layers, kv heads, block_tokens and head_dim must be positive");
   }
+  if (layout.dtype != DType::kF32) {
+    return invalid_argument("KV arena: layout.dtype must be f32 (the arena hands out float rows), got ",
+                            dtype_name(layout.dtype));
+  }
   if (num_slots <= 0 || num_slots > INT32_MAX) {
     return invalid_argument("KV arena: num_slots must be in [1, 2^31), got ", num_slots);
   }

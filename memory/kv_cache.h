@@ -1,7 +1,8 @@
 // KV blocks in an arena of fixed-size slots, and the per-sequence block tables that reach them.
 //
 // One slot holds one block of one layer: K and V of `block_tokens` tokens for all kv heads,
-// laid out [2, num_kv_heads, block_tokens, head_dim] (attention/paged_kv.h reads the same layout).
+// laid out [2, num_kv_heads, block_tokens, head_dim] of `dtype` (attention/paged_kv.h reads the same
+// layout). The CPU backend uses f32; the CUDA store also holds bf16 (slot_bytes() counts either).
 // The arena has a fixed number of slots (its byte budget); running out is a kOutOfBudget error the
 // caller sees, never an OOM. Tiering (host, disk) builds on this in later work (DESIGN.md).
 #pragma once
@@ -10,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/status.h"
 
 namespace mnemo {
@@ -19,14 +21,20 @@ struct KvLayout {
   int num_kv_heads = 0;
   int block_tokens = 64;
   int head_dim = 0;
+  DType dtype = DType::kF32;  // element type of K and V: kF32 or kBF16 (the CUDA store). Default: kF32
 
-  int64_t slot_floats() const { return int64_t{2} * num_kv_heads * block_tokens * head_dim; }
-  int64_t slot_bytes() const { return slot_floats() * static_cast<int64_t>(sizeof(float)); }
+  // Elements of one slot: [2, num_kv_heads, block_tokens, head_dim].
+  int64_t slot_elems() const { return int64_t{2} * num_kv_heads * block_tokens * head_dim; }
+  // == slot_elems(); the name f32 code (KvArena, the CPU model) reads slots by.
+  int64_t slot_floats() const { return slot_elems(); }
+  // Bytes of one slot in `dtype`: what budgets, the host tier, disk values, checksums and the
+  // gather count in.
+  int64_t slot_bytes() const { return slot_elems() * static_cast<int64_t>(dtype_size(dtype)); }
 };
 
 class KvArena {
  public:
-  // An arena of `num_slots` slots (f32 on the CPU backend).
+  // An arena of `num_slots` f32 slots (the CPU backend); kInvalidArgument for another dtype.
   static Result<std::unique_ptr<KvArena>> create(const KvLayout& layout, int64_t num_slots);
   // Slots needed to hold `tokens` tokens of one sequence in every layer.
   static int64_t slots_for_tokens(const KvLayout& layout, int64_t tokens);

@@ -1,17 +1,38 @@
 #include "memory/slot_tiers.h"
 
 namespace mnemo {
+namespace {
+Status check_slots(void* memory, int64_t slot_bytes, int64_t num_slots) {
+  if (!memory || slot_bytes <= 0) return invalid_argument("slot tier: memory and slot_bytes must be set");
+  if (num_slots <= 0 || num_slots > INT32_MAX) {
+    return invalid_argument("slot tier: num_slots must be in [1, 2^31), got ", num_slots);
+  }
+  return Status::Ok();
+}
+}  // namespace
 
-Result<std::unique_ptr<GpuTier>> GpuTier::create(const KvLayout& layout, int64_t num_slots) {
-  MNEMO_ASSIGN_OR_RETURN(auto arena, KvArena::create(layout, num_slots));
+SlotPool::SlotPool(void* base, int64_t slot_bytes, int64_t num_slots)
+    : base_(static_cast<char*>(base)), slot_bytes_(slot_bytes), num_slots_(num_slots) {
+  free_.resize(static_cast<size_t>(num_slots));
+  for (int64_t i = 0; i < num_slots; ++i) free_[i] = static_cast<int32_t>(num_slots - 1 - i);
+}
+
+int32_t SlotPool::allocate() {
+  const int32_t s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+Result<std::unique_ptr<GpuTier>> GpuTier::create(void* memory, int64_t slot_bytes, int64_t num_slots) {
+  MNEMO_RETURN_IF_ERROR(check_slots(memory, slot_bytes, num_slots));
   auto tier = std::unique_ptr<GpuTier>(new GpuTier());
-  tier->arena_ = std::move(arena);
+  tier->arena_ = std::make_unique<SlotPool>(memory, slot_bytes, num_slots);
   tier->slots_.resize(static_cast<size_t>(num_slots));
   return tier;
 }
 
 int32_t GpuTier::take_free(uint32_t owner, bool sealed) {
-  const int32_t s = *arena_->allocate();  // precondition: a slot is free
+  const int32_t s = arena_->allocate();  // precondition: a slot is free
   slots_[s] = SlotState{.owner = owner, .clock = 1, .used = true, .sealed = sealed, .pinned = false};
   if (sealed) ++evictable_;
   return s;
@@ -87,10 +108,10 @@ std::vector<int32_t> GpuTier::choose_victims(int64_t n, const std::function<bool
   return victims;
 }
 
-Result<std::unique_ptr<HostTier>> HostTier::create(const KvLayout& layout, int64_t num_slots) {
-  MNEMO_ASSIGN_OR_RETURN(auto arena, KvArena::create(layout, num_slots));
+Result<std::unique_ptr<HostTier>> HostTier::create(void* memory, int64_t slot_bytes, int64_t num_slots) {
+  MNEMO_RETURN_IF_ERROR(check_slots(memory, slot_bytes, num_slots));
   auto tier = std::unique_ptr<HostTier>(new HostTier());
-  tier->arena_ = std::move(arena);
+  tier->arena_ = std::make_unique<SlotPool>(memory, slot_bytes, num_slots);
   const size_t n = static_cast<size_t>(num_slots);
   tier->owner_.assign(n, 0);
   tier->prev_.assign(n + 1, static_cast<int32_t>(n));
@@ -100,7 +121,7 @@ Result<std::unique_ptr<HostTier>> HostTier::create(const KvLayout& layout, int64
 }
 
 int32_t HostTier::take_free(uint32_t owner) {
-  const int32_t s = *arena_->allocate();  // precondition: a slot is free
+  const int32_t s = arena_->allocate();  // precondition: a slot is free
   owner_[s] = owner;
   return s;
 }

@@ -8,7 +8,9 @@
 // copy that is the last copy of a block is never a candidate.
 //
 // Neither tier knows sequences or disk: each slot records the id of the block it holds (`owner`),
-// and the store decides what a block's state means. Single-threaded (the store's lock).
+// and the store decides what a block's state means. Neither owns or touches the slot memory (host,
+// device or mapped pinned: the store's SlotMemory); slot(s) is only address arithmetic.
+// Single-threaded (the store's lock).
 #pragma once
 
 #include <cstdint>
@@ -17,25 +19,43 @@
 #include <vector>
 
 #include "core/status.h"
-#include "memory/kv_cache.h"
 
 namespace mnemo {
+
+// A fixed set of slots [0, num_slots) of `slot_bytes` each at `base`; free slots are handed out
+// lowest id first.
+class SlotPool {
+ public:
+  SlotPool(void* base, int64_t slot_bytes, int64_t num_slots);
+  int64_t num_slots() const { return num_slots_; }
+  int64_t free_slots() const { return static_cast<int64_t>(free_.size()); }
+  // Precondition: free_slots() > 0.
+  int32_t allocate();
+  void release(int32_t s) { free_.push_back(s); }
+  void* base() const { return base_; }
+  void* slot(int32_t s) const { return base_ + s * slot_bytes_; }
+
+ private:
+  char* base_;
+  int64_t slot_bytes_;
+  int64_t num_slots_;
+  std::vector<int32_t> free_;  // stack of free slots, lowest id on top
+};
 
 class GpuTier {
  public:
   static constexpr uint8_t kMaxClock = 3;
 
-  static Result<std::unique_ptr<GpuTier>> create(const KvLayout& layout, int64_t num_slots);
+  // `memory`: [num_slots, slot_bytes] (host or device), owned by the caller; never moves.
+  static Result<std::unique_ptr<GpuTier>> create(void* memory, int64_t slot_bytes, int64_t num_slots);
 
   int64_t num_slots() const { return arena_->num_slots(); }
   int64_t free_slots() const { return arena_->free_slots(); }
   int64_t used_slots() const { return num_slots() - free_slots(); }
   // Sealed and unpinned: what CLOCK may take.
   int64_t evictable_slots() const { return evictable_; }
-  // [num_slots, 2, num_kv_heads, block_tokens, head_dim] floats; never moves.
-  float* base() { return arena_->slot(0); }
-  const float* data() const { return arena_->data(); }
-  float* slot(int32_t s) { return arena_->slot(s); }
+  void* base() const { return arena_->base(); }
+  void* slot(int32_t s) const { return arena_->slot(s); }
 
   // Takes a free slot for block `owner`. Precondition: free_slots() > 0.
   int32_t take_free(uint32_t owner, bool sealed);
@@ -65,7 +85,7 @@ class GpuTier {
     bool sealed = false;
     bool pinned = false;
   };
-  std::unique_ptr<KvArena> arena_;
+  std::unique_ptr<SlotPool> arena_;
   std::vector<SlotState> slots_;
   std::vector<int32_t> pinned_list_;
   int64_t evictable_ = 0;
@@ -75,14 +95,15 @@ class GpuTier {
 
 class HostTier {
  public:
-  static Result<std::unique_ptr<HostTier>> create(const KvLayout& layout, int64_t num_slots);
+  // `memory`: [num_slots, slot_bytes] host memory (plain or mapped pinned), owned by the caller.
+  static Result<std::unique_ptr<HostTier>> create(void* memory, int64_t slot_bytes, int64_t num_slots);
 
   int64_t num_slots() const { return arena_->num_slots(); }
   int64_t free_slots() const { return arena_->free_slots(); }
   int64_t used_slots() const { return num_slots() - free_slots(); }
   int64_t droppable_slots() const { return droppable_; }
-  float* base() { return arena_->slot(0); }
-  float* slot(int32_t s) { return arena_->slot(s); }
+  void* base() const { return arena_->base(); }
+  void* slot(int32_t s) const { return arena_->slot(s); }
 
   // Precondition: free_slots() > 0.
   int32_t take_free(uint32_t owner);
@@ -100,7 +121,7 @@ class HostTier {
   void unlink(int32_t s);
   void link_back(int32_t s);
 
-  std::unique_ptr<KvArena> arena_;
+  std::unique_ptr<SlotPool> arena_;
   std::vector<uint32_t> owner_;
   // Doubly linked LRU of droppable slots; index num_slots is the sentinel (next = oldest).
   std::vector<int32_t> prev_, next_;

@@ -6,12 +6,13 @@
 // of a layer; once full it is *sealed* and immutable forever, so any tier may hold a copy and a copy
 // is never written back. A *slot* is a place for one block in a tier's arena.
 //
-// Tiers and budgets:
-//   GPU  : an arena of `gpu_budget_bytes / slot_bytes` slots (a separate host arena on CPU builds, so
-//          tiering runs and is tested everywhere). Holds open blocks, pinned blocks of the step in
-//          flight, and a cache of sealed blocks (CLOCK with a selection-frequency hint).
-//   host : an arena of `host_budget_bytes / slot_bytes` slots (pinned memory on CUDA builds). Every
-//          sealed block gets a host copy when sealed (the mover copies it in the background).
+// Tiers and budgets (slot_bytes = layout.slot_bytes(), in the layout's dtype):
+//   GPU  : an arena of `gpu_budget_bytes / slot_bytes` slots: one cudaMalloc with `cuda`, else a
+//          separate host arena (so tiering runs and is tested everywhere). Holds open blocks, pinned
+//          blocks of the step in flight, and a cache of sealed blocks (CLOCK with a
+//          selection-frequency hint).
+//   host : an arena of `host_budget_bytes / slot_bytes` slots (mapped pinned memory with `cuda`).
+//          Every sealed block gets a host copy when sealed.
 //   disk : RocksDB at `data_dir` (optional). Column families kv, repr, meta; keys big-endian
 //          sequence | layer | block so a sequence is one key range. Sealed blocks are written behind
 //          from host; a host copy may be dropped once its disk copy is durable.
@@ -24,6 +25,20 @@
 //
 // Thread-safety: one thread (the engine's step loop) calls the store; the background writer is
 // internal. metrics() may be called from any thread.
+//
+// CUDA stores (`cuda`): blocks move with one gather kernel per batch (memory/gather.h) on the store's
+// own stream, never one memcpy per block, and the store orders that stream with `cuda_stream` (the
+// stream the model's kernels run on) by events, without blocking the host:
+//   - acquire(): kernels queued on cuda_stream after it returns see the loaded blocks;
+//   - commit() / fork_sequence(): the copies of open blocks (GPU → host when sealing, GPU → GPU for
+//     the child) read what kernels queued on cuda_stream before the call wrote;
+//   - reserve(): kernels queued on cuda_stream after it returns may write the open blocks' slots
+//     (every earlier copy out of a reused slot is done first);
+//   - release_all(), commit(), drop_sequence(), reserve(): slots they make reusable are overwritten
+//     only after the kernels queued on cuda_stream before the call (which may still read them).
+// So the caller queues its kernels on cuda_stream in program order and never synchronises for the
+// store. The host waits only where it must touch bytes itself: a disk read into a host slot waits
+// for the store's earlier copies, and write-behind reads a host slot after its seal copy is done.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +68,13 @@ struct KvStoreOptions {
   // Test only: called before every RocksDB write (blocks, sequences, meta); a non-OK Status fails the
   // write as a RocksDB error would (kIoError with its message). Default: none.
   std::function<Status()> inject_disk_write_error;
+  // GPU tier in device memory (current device at open), host tier in mapped pinned memory, the
+  // gather kernel as mover. kInvalidArgument naming the reason on a CPU build or without a usable
+  // device. Default: false (both tiers in host memory, memcpy mover).
+  bool cuda = false;
+  // With `cuda`: the cudaStream_t the model's kernels run on (see "CUDA stores" above); not owned,
+  // must outlive the store. Default: nullptr = the legacy default stream.
+  void* cuda_stream = nullptr;
 };
 
 struct KvStoreMetrics {
@@ -107,7 +129,9 @@ class KvStore {
   virtual Status reserve(SequenceId seq, int64_t new_len) = 0;
   // Rows of token t (in [length, new_len) after reserve) for writing: [head_dim] floats in the GPU
   // arena, valid until commit(). nullptr for anything else (unknown sequence, committed or
-  // unreserved token). Cheap and lock-free: call it from the engine thread only.
+  // unreserved token), and always for CUDA stores and non-f32 layouts: there the model writes K/V
+  // with a kernel into the slots acquire() returns for the open blocks. Cheap and lock-free: call it
+  // from the engine thread only.
   virtual float* k_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
   virtual float* v_row(SequenceId seq, int layer, int64_t t, int kv_head) = 0;
   // Marks tokens up to new_len (≤ what reserve covered) as written; seals every block that is now
@@ -121,9 +145,10 @@ class KvStore {
   // Pins `blocks` (logical block indices of `layer` in [0, reserved blocks), any order, no
   // duplicates; open blocks included) in GPU slots, loading misses from host or disk: all disk misses
   // in one MultiGet, then one batched host → GPU copy. `slots` receives one slot per requested block,
-  // in request order: slot s is gpu_arena() + s * slot_floats, so `slots` is a block table for
-  // attention (PagedKv). Slots stay valid and unchanged until release_all(); pins accumulate over
-  // calls, so the pinned blocks of a step (plus all open blocks) must fit the GPU tier.
+  // in request order: slot s is at gpu_arena_data() + s * slot_bytes (bytes), so `slots` is a block
+  // table for attention (PagedKv). Slots stay valid and unchanged until release_all(); pins
+  // accumulate over calls, so the pinned blocks of a step (plus all open blocks) must fit the GPU
+  // tier.
   // On error nothing this call pinned stays pinned and no resident block was dropped:
   // kOutOfBudget (pinned + open + requested exceed the GPU slots; the message names the budget),
   // kCorruption (a disk block failed its checksum; named, never served), kIoError.
@@ -132,8 +157,12 @@ class KvStore {
   // Unpins every block pinned by acquire() since the last release (one step's worth).
   virtual void release_all() = 0;
 
-  // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] floats. Allocated once at
-  // open; the pointer never changes for the life of the store.
+  // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] of layout.dtype. A device
+  // pointer for CUDA stores, a host pointer otherwise. Allocated once at open; the pointer never
+  // changes for the life of the store.
+  virtual const void* gpu_arena_data() const = 0;
+  // The same arena as floats, for f32 host stores (the CPU model); nullptr for CUDA stores and
+  // non-f32 layouts.
   virtual const float* gpu_arena() const = 0;
 
   // Blocks until write-behind has made every sealed block durable on disk (no-op without data_dir).

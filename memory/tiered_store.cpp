@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "core/device.h"
+
 namespace mnemo {
 
 Result<std::unique_ptr<KvStore>> KvStore::open(const KvStoreOptions& options) { return TieredStore::open(options); }
@@ -23,7 +25,24 @@ Status TieredStore::init() {
     return invalid_argument("KvStore: layout needs positive num_layers, num_kv_heads, block_tokens, head_dim; got ",
                             l.num_layers, ", ", l.num_kv_heads, ", ", l.block_tokens, ", ", l.head_dim);
   }
+  if (l.dtype != DType::kF32 && l.dtype != DType::kBF16) {
+    return invalid_argument("KvStore: layout.dtype must be f32 or bf16, got ", dtype_name(l.dtype));
+  }
+  if (options_.cuda) {
+    if (!built_with_cuda()) {
+      return invalid_argument("KvStore: options.cuda is set but this build has no CUDA support (MNEMO_CUDA=OFF)");
+    }
+    if (cuda_device_count() == 0) {
+      return invalid_argument("KvStore: options.cuda is set but CUDA is unavailable: ", cuda_unavailable_reason());
+    }
+    if (l.slot_bytes() % 16 != 0) {
+      return invalid_argument("KvStore: the CUDA mover copies 16-byte vectors: slot_bytes (2 x num_kv_heads ",
+                              l.num_kv_heads, " x block_tokens ", l.block_tokens, " x head_dim ", l.head_dim, " x ",
+                              dtype_size(l.dtype), " B) = ", l.slot_bytes(), " is not a multiple of 16");
+    }
+  }
   slot_bytes_ = l.slot_bytes();
+  float_rows_ = !options_.cuda && l.dtype == DType::kF32;
   const int64_t gpu_slots = options_.gpu_budget_bytes > 0 ? options_.gpu_budget_bytes / slot_bytes_
                                                           : KvArena::slots_for_tokens(l, options_.gpu_budget_tokens);
   const int64_t host_slots = options_.host_budget_bytes / slot_bytes_;
@@ -36,9 +55,26 @@ Status TieredStore::init() {
     return invalid_argument("KvStore: host_budget_bytes ", options_.host_budget_bytes, " holds no slot of ",
                             slot_bytes_, " bytes");
   }
-  MNEMO_ASSIGN_OR_RETURN(gpu_, GpuTier::create(l, gpu_slots));
-  MNEMO_ASSIGN_OR_RETURN(host_, HostTier::create(l, host_slots));
-  mover_ = make_cpu_mover(gpu_->base(), host_->base(), l.slot_floats());
+  if (gpu_slots > INT32_MAX || host_slots > INT32_MAX) {
+    return invalid_argument("KvStore: at most 2^31 - 1 slots per tier; the budgets give ", gpu_slots, " GPU and ",
+                            host_slots, " host slots of ", slot_bytes_, " bytes");
+  }
+  MNEMO_ASSIGN_OR_RETURN(gpu_memory_,
+                         SlotMemory::allocate(options_.cuda ? SlotMemoryKind::kCudaDevice : SlotMemoryKind::kHost,
+                                              gpu_slots * slot_bytes_, "the GPU tier (gpu_budget_bytes)"));
+  MNEMO_ASSIGN_OR_RETURN(host_memory_,
+                         SlotMemory::allocate(options_.cuda ? SlotMemoryKind::kCudaMappedHost : SlotMemoryKind::kHost,
+                                              host_slots * slot_bytes_, "the host tier (host_budget_bytes)"));
+  MNEMO_ASSIGN_OR_RETURN(gpu_, GpuTier::create(gpu_memory_->data(), slot_bytes_, gpu_slots));
+  MNEMO_ASSIGN_OR_RETURN(host_, HostTier::create(host_memory_->data(), slot_bytes_, host_slots));
+  if (options_.cuda) {
+    // One batch never exceeds the GPU slots: loads and open-block copies land in distinct GPU
+    // slots, and a commit seals only open blocks, which are GPU slots.
+    MNEMO_ASSIGN_OR_RETURN(mover_, make_cuda_mover(gpu_memory_->device_data(), host_memory_->device_data(),
+                                                   slot_bytes_, gpu_slots, options_.cuda_stream));
+  } else {
+    mover_ = make_cpu_mover(gpu_->base(), host_->base(), slot_bytes_);
+  }
   if (!options_.data_dir.empty()) {
     MNEMO_ASSIGN_OR_RETURN(disk_, DiskTier::open({.dir = options_.data_dir,
                                                   .sync_writes = options_.sync_writes,
@@ -95,6 +131,8 @@ Status TieredStore::create_sequence(SequenceId seq) {
 Status TieredStore::drop_sequence(SequenceId seq) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!registered_.count(seq)) return not_found("drop_sequence: no sequence ", seq);
+  // The freed GPU slots are reused only after the kernels queued on cuda_stream so far.
+  MNEMO_RETURN_IF_ERROR(mover_->after_caller().with_context(detail::str_cat("drop_sequence ", seq)));
   if (disk_) {
     // No write may land in a range after it is deleted: wait out the batch in flight. Queued writes
     // of blocks freed below are skipped by their generation.
@@ -159,8 +197,10 @@ Status TieredStore::fork_sequence(SequenceId parent, SequenceId child) {
       dst.push_back(id);
     }
   }
-  Status copied = mover_->copy(CopyKind::kGpuToGpu, copies);
-  if (copied.ok()) copied = mover_->wait();
+  // The open blocks were written by kernels on cuda_stream; the child's are written there next.
+  Status copied = copies.empty() ? Status::Ok() : mover_->after_caller();
+  if (copied.ok()) copied = mover_->copy(CopyKind::kGpuToGpu, copies);
+  if (copied.ok() && !copies.empty()) copied = mover_->before_caller();
   if (!copied.ok()) {  // a device failure: undo the child
     for (auto& table : c.tables) {
       for (BlockId id : table) unref_block(id);

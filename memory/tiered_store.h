@@ -18,7 +18,14 @@
 // Threads: the engine thread calls the store; one writer thread writes sealed blocks behind (a queue
 // of BlockIds). `mu_` guards all shared state; the writer reads a host slot unlocked, which is safe
 // because a block's host slot is neither freed nor reused while its write is queued or in flight
-// (host copies are dropped only once durable, and drops wait for the writer to go idle).
+// (host copies are dropped only once durable, and drops wait for the writer to go idle). With the
+// CUDA mover the seal copy into the host slot is asynchronous: the writer calls mover_->wait()
+// after taking a batch, and every block in it was queued after its copy.
+//
+// CUDA ordering (store.h, "CUDA stores"): the mover stream waits for cuda_stream (after_caller)
+// wherever slots the model's kernels may read become reusable or open blocks are read; cuda_stream
+// waits for the mover (before_caller) after loads and fork copies, and in reserve() before the model
+// writes new open blocks. Host code touches slot bytes only after mover_->wait().
 #pragma once
 
 #include <condition_variable>
@@ -53,7 +60,8 @@ class TieredStore final : public KvStore {
   Status commit(SequenceId seq, int64_t new_len) override;
   Status acquire(SequenceId seq, int layer, std::span<const int64_t> blocks, std::vector<int32_t>* slots) override;
   void release_all() override;
-  const float* gpu_arena() const override { return gpu_->data(); }
+  const void* gpu_arena_data() const override { return gpu_->base(); }
+  const float* gpu_arena() const override { return float_rows_ ? static_cast<const float*>(gpu_->base()) : nullptr; }
   Status flush() override;
   KvStoreMetrics metrics() const override;
   Status put_meta(const std::string& key, const std::string& value, bool sync) override;
@@ -133,6 +141,8 @@ class TieredStore final : public KvStore {
 
   KvStoreOptions options_;
   int64_t slot_bytes_ = 0;
+  bool float_rows_ = false;  // f32 layout in host memory: k_row/v_row and gpu_arena() work
+  std::unique_ptr<SlotMemory> gpu_memory_, host_memory_;  // the arenas behind gpu_ and host_
   std::unique_ptr<GpuTier> gpu_;
   std::unique_ptr<HostTier> host_;
   std::unique_ptr<Mover> mover_;
@@ -148,6 +158,7 @@ class TieredStore final : public KvStore {
   std::map<SequenceId, std::vector<Segment>> registered_;
   std::map<std::string, std::string> mem_meta_;  // meta records without data_dir
   uint64_t acquire_stamp_ = 0;
+  Status order_error_;  // release_all() could not order the mover after cuda_stream (CUDA failure)
 
   std::deque<WriteItem> write_queue_;
   std::vector<WriteItem> write_failed_;

@@ -74,7 +74,8 @@ bool TieredStore::referenced_as_origin(SequenceId seq, SequenceId except) const 
 Status TieredStore::check_identity() {
   const KvLayout& l = options_.layout;
   const std::string layout = detail::str_cat("num_layers=", l.num_layers, " num_kv_heads=", l.num_kv_heads,
-                                             " block_tokens=", l.block_tokens, " head_dim=", l.head_dim, " dtype=f32");
+                                             " block_tokens=", l.block_tokens, " head_dim=", l.head_dim,
+                                             " dtype=", dtype_name(l.dtype));
   Result<std::string> stored = disk_->get_meta(kLayoutKey);
   if (stored.ok() && *stored != layout) {
     return invalid_argument("KV store at ", options_.data_dir, " holds blocks of layout '", *stored,
@@ -178,7 +179,9 @@ void TieredStore::writer_loop() {
     }
     writer_busy_ = true;
     lock.unlock();
-    Status written = disk_->write_blocks(writes, slot_bytes_);
+    // Every block here was queued after its seal copy (commit); on CUDA that copy may still run.
+    Status written = mover_->wait();
+    if (written.ok()) written = disk_->write_blocks(writes, slot_bytes_);
     lock.lock();
     writer_busy_ = false;
     for (const WriteItem& item : batch) {

@@ -96,6 +96,8 @@ Status TieredStore::reserve(SequenceId seq, int64_t new_len) {
   const int64_t need_blocks = (new_len + l.block_tokens - 1) / l.block_tokens;
   const int64_t have = static_cast<int64_t>(s->tables[0].size());
   if (need_blocks <= have) {
+    // Freed slots are reused only after the kernels already queued on cuda_stream (they may read them).
+    MNEMO_RETURN_IF_ERROR(mover_->after_caller());
     trim_open_blocks(s, need_blocks);
     return Status::Ok();
   }
@@ -112,6 +114,9 @@ Status TieredStore::reserve(SequenceId seq, int64_t new_len) {
       if (by_key_.count(key)) return internal_error("reserve: block ", to_string(key), " already exists");
     }
   }
+  // The caller writes the new open blocks on cuda_stream: after every copy out of (or into) a slot
+  // it may get, e.g. the seal copy of an evicted block.
+  MNEMO_RETURN_IF_ERROR(mover_->before_caller());
   make_gpu_room(add);
   for (int layer = 0; layer < l.num_layers; ++layer) {
     for (int64_t b = have; b < need_blocks; ++b) {
@@ -138,7 +143,8 @@ void TieredStore::trim_open_blocks(Sequence* s, int64_t keep_blocks) {
 float* TieredStore::row(SequenceId seq, int layer, int64_t t, int kv_head, bool v) {
   const KvLayout& l = options_.layout;
   Sequence* s = live(seq);
-  if (!s || layer < 0 || layer >= l.num_layers || kv_head < 0 || kv_head >= l.num_kv_heads || t < s->length) {
+  if (!float_rows_ || !s || layer < 0 || layer >= l.num_layers || kv_head < 0 || kv_head >= l.num_kv_heads ||
+      t < s->length) {
     return nullptr;
   }
   const auto& table = s->tables[layer];
@@ -147,7 +153,7 @@ float* TieredStore::row(SequenceId seq, int layer, int64_t t, int kv_head, bool 
   const Block& blk = blocks_[table[b]];
   if (blk.sealed || blk.gpu_slot < 0) return nullptr;
   const int64_t row = (int64_t{v ? l.num_kv_heads : 0} + kv_head) * l.block_tokens + t % l.block_tokens;
-  return gpu_->slot(blk.gpu_slot) + row * l.head_dim;
+  return static_cast<float*>(gpu_->slot(blk.gpu_slot)) + row * l.head_dim;
 }
 
 float* TieredStore::k_row(SequenceId seq, int layer, int64_t t, int kv_head) {
@@ -169,6 +175,9 @@ Status TieredStore::commit(SequenceId seq, int64_t new_len) {
   }
   const int64_t first = s->length / l.block_tokens, last = new_len / l.block_tokens;  // sealing [first, last)
   const int64_t n = (last - first) * l.num_layers;
+  // The seal copies read what the caller's kernels wrote; slots trimmed or sealed below become
+  // reusable only after those kernels.
+  MNEMO_RETURN_IF_ERROR(mover_->after_caller());
   if (n > 0) {
     MNEMO_RETURN_IF_ERROR(ensure_host_room(lock, n, [] { return int64_t{0}; }));
     make_host_room(n, /*skip_stamped=*/false);
@@ -183,8 +192,9 @@ Status TieredStore::commit(SequenceId seq, int64_t new_len) {
         ids.push_back(id);
       }
     }
+    // Asynchronous on CUDA: later copies are stream-ordered after it, write-behind waits for it, and
+    // host code waits for the mover before writing a host slot (acquire's disk reads).
     Status copied = mover_->copy(CopyKind::kGpuToHost, copies);
-    if (copied.ok()) copied = mover_->wait();
     if (!copied.ok()) {
       for (BlockId id : ids) {
         host_->release(blocks_[id].host_slot);
@@ -207,6 +217,7 @@ Status TieredStore::commit(SequenceId seq, int64_t new_len) {
 
 Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> blocks, std::vector<int32_t>* slots) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (!order_error_.ok()) return order_error_;
   Sequence* s = live(seq);
   if (!s) return not_found("acquire: no live sequence ", seq);
   if (layer < 0 || layer >= options_.layout.num_layers) {
@@ -253,6 +264,9 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
       return k;
     };
     MNEMO_RETURN_IF_ERROR(ensure_host_room(lock, num_disk, protected_droppable));
+    // The host slots about to be written may still be read (host → GPU) or written (seal) by
+    // queued copies.
+    MNEMO_RETURN_IF_ERROR(mover_->wait());
     std::vector<BlockKey> keys;
     for (size_t i : disk_misses) keys.push_back(blocks_[ids[i]].key);
     // The disk → host copies happen only after every value passed its checks.
@@ -287,8 +301,11 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
     host_->touch(blk.host_slot);
     copies.push_back({blk.host_slot, blk.gpu_slot});
   }
+  // The victims' last readers on cuda_stream were queued before the release_all() (or commit, trim,
+  // drop) that made them evictable, which ordered the mover after them. Kernels queued on
+  // cuda_stream after this call see the loads (before_caller); the host does not wait.
   Status copied = mover_->copy(CopyKind::kHostToGpu, copies);
-  if (copied.ok()) copied = mover_->wait();
+  if (copied.ok() && !copies.empty()) copied = mover_->before_caller();
   if (!copied.ok()) {
     for (int32_t slot : newly_pinned) gpu_->unpin(slot);
     for (size_t i : misses) {
@@ -309,6 +326,10 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
 
 void TieredStore::release_all() {
   std::lock_guard<std::mutex> lock(mu_);
+  // Unpinned slots may be overwritten by later loads: only after the kernels queued on cuda_stream
+  // so far, which may still read them. A failure here is returned by every later acquire().
+  Status ordered = mover_->after_caller();
+  if (!ordered.ok() && order_error_.ok()) order_error_ = ordered.with_context("release_all");
   gpu_->unpin_all();
 }
 
