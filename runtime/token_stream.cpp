@@ -122,6 +122,16 @@ class StreamState {
     if (session) session->cancel_generation(this);
   }
 
+  void abort_wait(const StreamWaiter* which) {
+    std::unique_ptr<StreamWaiter> waiter;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!waiter_ || waiter_.get() != which) return;  // completed meanwhile
+      waiter = std::move(waiter_);
+    }
+    waiter->complete(boost::asio::error::operation_aborted, {});
+  }
+
   // The stream object is gone: cancel, drop buffered events, abort a pending async_next.
   void abandon() {
     std::unique_ptr<StreamWaiter> waiter;
@@ -193,6 +203,8 @@ void start_next(const std::shared_ptr<StreamState>& state, std::unique_ptr<Strea
   }
   state->next(std::move(waiter));
 }
+
+void abort_wait(const std::shared_ptr<StreamState>& state, const StreamWaiter* waiter) { state->abort_wait(waiter); }
 
 }  // namespace detail
 

@@ -21,9 +21,10 @@
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
@@ -68,6 +69,8 @@ class StreamWaiter {
   virtual void complete(boost::system::error_code ec, StreamEvent event) = 0;
 };
 void start_next(const std::shared_ptr<StreamState>& state, std::unique_ptr<StreamWaiter> waiter);
+// Per-operation cancellation: completes `waiter` with operation_aborted if it is still pending.
+void abort_wait(const std::shared_ptr<StreamState>& state, const StreamWaiter* waiter);
 }  // namespace detail
 
 // A running generation of one session, read one event at a time.
@@ -85,7 +88,9 @@ void start_next(const std::shared_ptr<StreamState>& state, std::unique_ptr<Strea
 //     deleted, or the Runtime was destroyed: "the runtime is shutting down"), or the error that
 //     broke the session;
 //   - asio::error::eof once the stream is drained; asio::error::operation_aborted when the stream
-//     is destroyed while the operation waits; asio::error::already_started when another async_next
+//     is destroyed while the operation waits, or when the handler's cancellation slot is emitted
+//     (any type: a waiting read holds no event, so the stream stays intact and the next read gets
+//     the next event — timeouts with awaitable operators `||` or parallel_group work); asio::error::already_started when another async_next
 //     is still pending; asio::error::bad_descriptor on a moved-from stream.
 //   After an error the stream is drained too: later calls give eof.
 // With use_awaitable and no as_tuple, errors throw boost::system::system_error.
@@ -120,7 +125,9 @@ class TokenStream {
     return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, StreamEvent)>(
         [](auto handler, std::shared_ptr<detail::StreamState> state, executor_type io_ex) {
           using Handler = std::decay_t<decltype(handler)>;
-          detail::start_next(state, std::make_unique<Waiter<Handler>>(std::move(handler), io_ex));
+          auto waiter = std::make_unique<Waiter<Handler>>(std::move(handler), io_ex);
+          if (state) waiter->connect_cancellation(state);
+          detail::start_next(state, std::move(waiter));
         },
         token, state_, executor_);
   }
@@ -149,11 +156,23 @@ class TokenStream {
     Waiter(Handler handler, const executor_type& io_ex)
         : work_(boost::asio::prefer(boost::asio::get_associated_executor(handler, io_ex),
                                     boost::asio::execution::outstanding_work.tracked)),
+          slot_(boost::asio::get_associated_cancellation_slot(handler)),
           handler_(std::move(handler)) {}
+    // Any cancellation type aborts the wait: a pending read has taken no event, so none is lost.
+    void connect_cancellation(const std::shared_ptr<detail::StreamState>& state) {
+      if (!slot_.is_connected()) return;
+      slot_.assign([weak = std::weak_ptr<detail::StreamState>(state), self = this](boost::asio::cancellation_type) {
+        if (auto s = weak.lock()) detail::abort_wait(s, self);  // `self` is compared, never dereferenced
+      });
+    }
     void complete(boost::system::error_code ec, StreamEvent event) override {
-      // post, not dispatch: complete() runs on the engine thread or inside async_next.
+      // post, not dispatch: complete() runs on the engine thread or inside async_next. The slot is
+      // cleared on the handler's executor, where its signal is emitted.
       auto work = std::move(work_);
-      boost::asio::post(work, boost::asio::append(std::move(handler_), ec, std::move(event)));
+      boost::asio::post(work, [slot = slot_, handler = std::move(handler_), ec, event = std::move(event)]() mutable {
+        if (slot.is_connected()) slot.clear();
+        std::move(handler)(ec, std::move(event));
+      });
     }
 
    private:
@@ -161,6 +180,7 @@ class TokenStream {
         std::declval<boost::asio::associated_executor_t<Handler, executor_type>>(),
         boost::asio::execution::outstanding_work.tracked))>;
     WorkExecutor work_;
+    boost::asio::associated_cancellation_slot_t<Handler> slot_;
     Handler handler_;
   };
 

@@ -10,7 +10,10 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -105,7 +108,8 @@ T run(asio::io_context& ioc, asio::awaitable<T> aw) {
 }
 
 // Blocks the engine thread inside a token callback of a throwaway session until release() (or the
-// destructor), so the test can act while the engine holds still.
+// destructor), so the test can act while the engine holds still. Calls that need the engine
+// (create_session) must come before it.
 class EngineGate {
  public:
   explicit EngineGate(Runtime& rt) : session_(session_with(rt, "Gate")) {
@@ -342,6 +346,51 @@ TEST(TokenStream, DestroyingTheStreamAbortsAPendingRead) {
   EXPECT_EQ(*result, asio::error::operation_aborted);
   auto again = s->generate({.max_new_tokens = 2, .ignore_eos = true}).get();
   EXPECT_TRUE(again.ok()) << again.status().to_string();
+}
+
+TEST(TokenStream, CancellationSlotAbortsAWaitingReadAndLosesNoEvent) {
+  using namespace asio::experimental::awaitable_operators;
+  auto rt = open_runtime();
+  ASSERT_TRUE(rt);
+  const GenerateRequest req{.max_new_tokens = 6, .ignore_eos = true};
+  const Reference ref = callback_run(*rt, kPrompt, req);
+  auto s = session_with(*rt, kPrompt);  // before the gate: create_session needs the engine
+  asio::io_context ioc;
+  std::optional<TokenStream> stream;
+  std::optional<error_code> aborted;
+  size_t timeout_won = 0;
+  {
+    EngineGate gate(*rt);  // nothing arrives while the reads below wait
+    stream.emplace(generate_stream(ioc.get_executor(), s, req));
+    // A slot emitted by hand.
+    asio::cancellation_signal signal;
+    stream->async_next(asio::bind_cancellation_slot(signal.slot(), [&](error_code ec, StreamEvent) { aborted = ec; }));
+    ioc.restart();
+    ioc.poll();
+    EXPECT_FALSE(aborted.has_value());
+    signal.emit(asio::cancellation_type::terminal);  // posts the completion before it returns
+    ioc.restart();
+    ioc.poll();
+    // A timeout: the read races a timer under awaitable operators, which cancel the loser.
+    auto race = [&]() -> asio::awaitable<size_t> {
+      asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(1));
+      auto either = co_await (stream->async_next(asio::use_awaitable) || timer.async_wait(asio::use_awaitable));
+      co_return either.index();
+    };
+    auto raced = asio::co_spawn(ioc, race(), asio::use_future);
+    ioc.restart();
+    ioc.run_for(std::chrono::seconds(5));  // a bound for the failure case only: it takes a millisecond
+    EXPECT_EQ(raced.wait_for(std::chrono::seconds(0)), std::future_status::ready) << "the timeout did not cancel the read";
+    if (raced.wait_for(std::chrono::seconds(0)) == std::future_status::ready) timeout_won = raced.get();
+  }
+  ASSERT_TRUE(aborted.has_value());
+  EXPECT_EQ(*aborted, asio::error::operation_aborted);
+  EXPECT_EQ(timeout_won, 1u) << "the read completed with the engine held still";
+  // The stream is intact: every event arrives, none was taken by the aborted reads.
+  const Read read = run(ioc, read_all(*stream));
+  EXPECT_FALSE(read.ec) << read.ec.message();
+  EXPECT_EQ(read.ids, ref.result.tokens);
+  EXPECT_EQ(read.text, ref.result.text);
 }
 
 TEST(TokenStream, CancelEndsWithACancelledLastEvent) {
