@@ -57,8 +57,12 @@ SparseParams to_sparse_params(const SparseConfig& c) {
 }
 
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options,
-                       std::unique_ptr<KvStore> store)
-    : config_(std::move(config)), weights_(std::move(weights)), options_(options), store_(std::move(store)) {
+                       std::unique_ptr<KvStore> store, std::unique_ptr<CudaState> cuda)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      cuda_(std::move(cuda)),
+      options_(options),
+      store_(std::move(store)) {
   sparse_ = options_.sparse ? options_.sparse : config_.sparse;
 }
 
@@ -66,7 +70,10 @@ LlamaModel::~LlamaModel() = default;
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& model_dir, const ModelOptions& options) {
   MNEMO_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(model_dir));
-  MNEMO_ASSIGN_OR_RETURN(ModelWeights weights, load_model_weights(model_dir, config));
+  // The CUDA backend keeps bf16 weights: load them as bf16 (half the host memory of f32).
+  LoadWeightsOptions load_options;
+  if (!options.device.is_cpu()) load_options.dtype = DType::kBF16;
+  MNEMO_ASSIGN_OR_RETURN(ModelWeights weights, load_model_weights(model_dir, config, load_options));
   return from_weights(std::move(config), std::move(weights), options);
 }
 
@@ -86,6 +93,33 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_weights(ModelConfig config,
                               options.block_tokens, " tokens): selection blocks are KV blocks");
     }
   }
+  const bool on_cuda = !options.device.is_cpu();
+  if (on_cuda) {
+    if (!built_with_cuda()) {
+      return invalid_argument("ModelOptions.device ", options.device.to_string(),
+                         ": this build has no CUDA backend (configure with -DMNEMO_CUDA=ON)");
+    }
+    if (options.device.index >= cuda_device_count()) {
+      return invalid_argument("ModelOptions.device ", options.device.to_string(), ": ",
+                         cuda_device_count() == 0 ? cuda_unavailable_reason()
+                                                  : std::to_string(cuda_device_count()) + " CUDA device(s) present");
+    }
+    if (sparse && config.head_dim != 64 && config.head_dim != 128) {
+      return invalid_argument("ModelOptions.device ", options.device.to_string(),
+                              ": InfLLM-V2 sparse attention on CUDA needs head_dim 64 or 128 (the stage-1 "
+                              "kernel's), got ", config.head_dim, "; use --device cpu");
+    }
+    if (options.positions != PositionPolicy::kExact) {
+      return unimplemented("ModelOptions.device ", options.device.to_string(),
+                           ": the bounded position policy is not on the CUDA forward yet (issue #4); use exact");
+    }
+  } else if (weights.embed_tokens.dtype() != DType::kF32) {
+    return invalid_argument("ModelOptions.device cpu: weights must be f32, got ", dtype_name(weights.embed_tokens.dtype()));
+  }
+  std::unique_ptr<CudaState> cuda;
+  if (on_cuda) {
+    MNEMO_ASSIGN_OR_RETURN(cuda, make_cuda_state(config, weights, options.device));
+  }
   KvLayout layout;
   layout.num_layers = static_cast<int>(config.num_hidden_layers);
   layout.num_kv_heads = static_cast<int>(config.num_key_value_heads);
@@ -98,9 +132,20 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_weights(ModelConfig config,
       options.host_budget_bytes > 0 ? options.host_budget_bytes : 2 * store_options.gpu_budget_bytes;
   store_options.data_dir = options.data_dir;
   store_options.fingerprint = model_fingerprint(config, weights);
+  if (on_cuda) {
+    layout.dtype = DType::kBF16;
+    store_options.layout = layout;
+    store_options.gpu_budget_bytes = KvArena::slots_for_tokens(layout, options.kv_budget_tokens) * layout.slot_bytes();
+    store_options.host_budget_bytes =
+        options.host_budget_bytes > 0 ? options.host_budget_bytes : 2 * store_options.gpu_budget_bytes;
+    store_options.cuda = true;
+    store_options.cuda_stream = cuda_stream_of(*cuda);
+    store_options.fingerprint += " device=cuda kv=bf16";
+    weights = ModelWeights{};  // the device holds them now
+  }
   MNEMO_ASSIGN_OR_RETURN(auto store, KvStore::open(store_options));
   return std::unique_ptr<LlamaModel>(
-      new LlamaModel(std::move(config), std::move(weights), options, std::move(store)));
+      new LlamaModel(std::move(config), std::move(weights), options, std::move(store), std::move(cuda)));
 }
 
 Sequence::~Sequence() {
@@ -141,6 +186,9 @@ Result<std::unique_ptr<Sequence>> LlamaModel::fork_sequence(const Sequence& pare
   child->length_ = parent.length_;
   child->compressed_ = parent.compressed_;
   child->compressed_lse_ = parent.compressed_lse_;
+  if (cuda_) {
+    MNEMO_ASSIGN_OR_RETURN(child->cuda_repr_, clone_cuda_repr(parent));
+  }
   return child;
 }
 
@@ -209,6 +257,7 @@ Status LlamaModel::forward_chunk(Sequence& seq, std::span<const int32_t> tokens,
 // and MLP together (weights are read once per step, not once per session); RoPE, the KV writes and
 // attention run per item. Each row is computed exactly as it would be alone.
 Status LlamaModel::forward_chunks(std::span<ChunkItem> items) {
+  if (cuda_) return forward_chunks_cuda(items);
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
   const int64_t d = c.head_dim, inter = c.intermediate_size, vocab = c.vocab_size;
@@ -325,6 +374,17 @@ Status LlamaModel::forward_chunks(std::span<ChunkItem> items) {
   }
   return Status::Ok();
 }
+
+#ifndef MNEMO_WITH_CUDA
+// CPU builds: from_weights refuses a CUDA device before any of these is reached.
+Result<std::unique_ptr<LlamaModel::CudaState>> LlamaModel::make_cuda_state(const ModelConfig&, const ModelWeights&,
+                                                                          Device device) {
+  return invalid_argument("device ", device.to_string(), ": this build has no CUDA backend");
+}
+void* LlamaModel::cuda_stream_of(CudaState&) { return nullptr; }
+Result<std::shared_ptr<void>> LlamaModel::clone_cuda_repr(const Sequence&) { return std::shared_ptr<void>(); }
+Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem>) { return invalid_argument("this build has no CUDA backend"); }
+#endif
 
 }  // namespace mnemo
 

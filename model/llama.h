@@ -16,6 +16,7 @@
 #include "attention/compress.h"
 #include "attention/rope.h"
 #include "attention/sparse_params.h"
+#include "core/device.h"
 #include "core/tensor.h"
 #include "memory/kv_cache.h"
 #include "memory/store.h"
@@ -26,6 +27,9 @@
 namespace mnemo {
 
 struct ModelOptions {
+  // Where the forward pass runs: the CPU (f32, the reference) or a CUDA device (bf16 weights and KV,
+  // f32 residual stream and accumulation; the store's GPU tier in device memory). Default: cpu.
+  Device device = Device::cpu();
   // Position policy. Default: exact.
   PositionPolicy positions = PositionPolicy::kExact;
   // Local window of the bounded policy, in tokens. Default: 0 = the sparse window_size with sparse
@@ -94,9 +98,16 @@ class LlamaModel {
   };
   Status forward_batch(std::span<BatchItem> items);
 
+ // The CUDA backend's state (model/llama_cuda.cpp): device weights, stream, cuBLAS, scratch. A
+  // CUDA-free base so this header and CPU builds need no CUDA types. Opaque to callers.
+  struct CudaState {
+    virtual ~CudaState() = default;
+  };
+
  private:
   struct Impl;
-  LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvStore> store);
+  LlamaModel(ModelConfig config, ModelWeights weights, ModelOptions options, std::unique_ptr<KvStore> store,
+             std::unique_ptr<CudaState> cuda = nullptr);
   // Makes the sequence's representatives cover its first `tokens` tokens in `layer`, loading blocks
   // a bounded number at a time (they may be on host or disk after a recovery).
   Status update_representatives(Sequence& seq, int layer, int64_t tokens, const RopeTable& table);
@@ -121,8 +132,16 @@ class LlamaModel {
   Status select_blocks(Sequence& seq, int layer, const float* q_score, const int64_t* q_index, int64_t m,
                        int64_t num_blocks, std::vector<int32_t>* block_ids);
 
+  static Result<std::unique_ptr<CudaState>> make_cuda_state(const ModelConfig& config, const ModelWeights& weights,
+                                                            Device device);
+  static void* cuda_stream_of(CudaState& state);
+  // A device copy of `parent`'s representatives for a fork (null when it has none).
+  Result<std::shared_ptr<void>> clone_cuda_repr(const Sequence& parent);
+  Status forward_chunks_cuda(std::span<ChunkItem> items);
+
   ModelConfig config_;
   ModelWeights weights_;
+  std::unique_ptr<CudaState> cuda_;  // set when options_.device is CUDA
   ModelOptions options_;
   std::unique_ptr<KvStore> store_;
   std::optional<SparseConfig> sparse_;
@@ -147,6 +166,9 @@ class Sequence {
   int64_t length_ = 0;
   // Representatives for sparse selection, per layer: tier-1 (kernel_size) and tier-2 (4x) keys.
   std::vector<CompressedKeys> compressed_, compressed_lse_;
+  // The CUDA backend's representatives (bf16 tables on the device, model/llama_cuda.cpp); null on the
+  // CPU and until the first sparse-enabled forward.
+  std::shared_ptr<void> cuda_repr_;
 };
 
 }  // namespace mnemo

@@ -33,8 +33,11 @@ Result<std::unique_ptr<Runtime>> Runtime::open(const RuntimeOptions& options) {
   }
   const std::string dir = options.model_dir.empty() ? std::string(MNEMO_SOURCE_DIR "/models/tiny") : options.model_dir;
   MNEMO_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(dir));
-  const int64_t token_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;
+  // K and V of one token in every layer: f32 on the CPU, bf16 on a CUDA device.
+  const int64_t elem_bytes = options.device.is_cpu() ? 4 : 2;
+  const int64_t token_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem_bytes;
   ModelOptions model_options;
+  model_options.device = options.device;
   model_options.chunk_tokens = options.chunk_tokens;
   model_options.host_budget_bytes = options.host_kv_budget_bytes;
   model_options.data_dir = options.data_dir;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "core/device.h"
 #include "model/positions.h"
 #include "model/sampler.h"
 
@@ -38,6 +39,7 @@ class Tokenizer;
 
 struct RuntimeOptions {
   std::string model_dir;            // HF folder. Default: "" = the bundled models/tiny
+  Device device = Device::cpu();    // where the model runs: cpu or cuda:N (bf16 KV). Default: cpu
   std::string data_dir;             // sessions + KV on disk (RocksDB). Default: "" = in memory only
   std::string sparse_config_path;   // JSON with MiniCPM4 sparse_config keys. Default: the model's own
   PositionPolicy positions = PositionPolicy::kExact;  // Default: exact

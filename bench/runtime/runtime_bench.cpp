@@ -14,7 +14,7 @@
 //
 // Every measurement is repeated --runs times (each run a fresh Runtime); the JSON keeps every
 // sample and the table shows medians. Usage:
-//   runtime_bench [--model models/tiny] [--runs 2] [--decode-tokens 32] [--decode-tokens-64 16]
+//   runtime_bench [--model models/tiny] [--device cpu|cuda] [--runs 2] [--decode-tokens 32] [--decode-tokens-64 16]
 //                 [--ingest-sessions 1] [--ingest-tokens 2000] [--chat-tokens 20] [--alone-reps 5]
 //                 [--json runtime.json]
 #include <algorithm>
@@ -42,6 +42,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string model = "models/tiny";
+  std::string device = "cpu";     // cpu or cuda[:N]
   int runs = 2;
   int64_t decode_tokens = 32;     // N for 1 and 8 sessions
   int64_t decode_tokens_64 = 16;  // N for 64 sessions
@@ -98,6 +99,7 @@ double metric(const Runtime& rt, const std::string& name) {
 std::unique_ptr<Runtime> open_runtime(const Options& o, int64_t chunk_tokens, int64_t max_batch_tokens) {
   RuntimeOptions ro;
   ro.model_dir = o.model;
+  ro.device = parse_device(o.device).value();
   ro.chunk_tokens = chunk_tokens;
   ro.max_batch_tokens = max_batch_tokens;
   return take(Runtime::open(ro), "Runtime::open");
@@ -259,6 +261,7 @@ Options parse(int argc, char** argv) {
     if (i + 1 >= argc) die("missing value for " + k);
     const std::string v = argv[i + 1];
     if (k == "--model") o.model = v;
+    else if (k == "--device") { o.device = v; if (!parse_device(v).ok()) die("--device: expected cpu or cuda[:N]"); }
     else if (k == "--runs") o.runs = std::stoi(v);
     else if (k == "--decode-tokens") o.decode_tokens = std::stoll(v);
     else if (k == "--decode-tokens-64") o.decode_tokens_64 = std::stoll(v);

@@ -130,4 +130,56 @@ class CublasHandle {
   cublasHandle_t handle_ = nullptr;
 };
 
+// --- The forward pass's residual stream in f32 (model/llama_cuda.cpp) ---
+
+// out[i] = float(table[ids[i]]) * scale (MiniCPM's scale_emb; 1 elsewhere): the f32 residual stream.
+// An id outside [0, vocab) gives a zero row and adds 1 to *invalid_ids.
+struct EmbedF32Params {
+  const bf16* table = nullptr;   // [vocab, hidden]
+  const int32_t* ids = nullptr;  // [n]
+  float* out = nullptr;          // [n, hidden]
+  int64_t n = 0;
+  int64_t vocab = 0;
+  int hidden = 0;                // a multiple of 8
+  float scale = 1.0f;
+  int32_t* invalid_ids = nullptr;  // device counter; may be null
+};
+Status embed_f32_launch(const EmbedF32Params& p, cudaStream_t stream);
+
+// y[r] = bf16(weight * (x[src] * rsqrt(mean(x[src]^2) + eps)) * out_scale), src = rows ? rows[r] : r:
+// RMSNorm of the f32 residual into the bf16 GEMM input (out_scale folds MiniCPM's logit divisor in).
+struct RmsNormF32Params {
+  const float* x = nullptr;       // [*, dim]
+  const int32_t* rows = nullptr;  // [n] rows of x to normalise; null: rows 0..n-1
+  const bf16* weight = nullptr;   // [dim]
+  bf16* y = nullptr;              // [n, dim]
+  int64_t n = 0;
+  int dim = 0;                    // a multiple of 8
+  float eps = 1e-6f;
+  float out_scale = 1.0f;
+};
+Status rms_norm_f32_launch(const RmsNormF32Params& p, cudaStream_t stream);
+
+// x[i] += alpha * float(o[i]) over n elements (the residual connection; alpha = MiniCPM's
+// scale_depth / sqrt(layers), 1 elsewhere).
+struct ResidualAddParams {
+  float* x = nullptr;       // [n]
+  const bf16* o = nullptr;  // [n]
+  int64_t n = 0;            // a multiple of 8
+  float alpha = 1.0f;
+};
+Status residual_add_launch(const ResidualAddParams& p, cudaStream_t stream);
+
+// The RoPE table of attention/rope.h (RopeTable::ensure's formula: angle p * inv_freq[i] in double,
+// cos/sin times scale rounded to float) for positions [0, len).
+struct RopeTableParams {
+  const float* inv_freq = nullptr;  // [half] (device)
+  int half = 0;
+  float scale = 1.0f;
+  int64_t len = 0;
+  float* cos = nullptr;  // [len, half]
+  float* sin = nullptr;  // [len, half]
+};
+Status rope_table_launch(const RopeTableParams& p, cudaStream_t stream);
+
 }  // namespace mnemo::cuda

@@ -23,6 +23,7 @@ Status serve_command(const std::vector<std::string>& args) {
       {"data-dir", "DIR", "persistent sessions and KV on disk (RocksDB); sessions survive restarts", "in memory"},
       {"positions", "POLICY", "exact or bounded (streams past the model's trained positions)", "exact"},
       {"sparse-config", "FILE.json", "InfLLM-V2 sparse attention (MiniCPM4 sparse_config keys)", "the model's"},
+      {"device", "NAME", "cpu or cuda[:N]", "cpu"},
       {"gpu-kv-mib", "N", "KV budget of the compute-device tier, MiB", "1024"},
       {"host-kv-mib", "N", "KV budget of the host tier, MiB", "4096"},
       {"help", "", "show this help", ""},
@@ -41,6 +42,7 @@ Status serve_command(const std::vector<std::string>& args) {
   MNEMO_ASSIGN_OR_RETURN(runtime_options.max_batch_tokens, f.get_int("max-batch-tokens", 4096, 1, int64_t{1} << 30));
   runtime_options.data_dir = f.get("data-dir");
   runtime_options.sparse_config_path = f.get("sparse-config");
+  MNEMO_ASSIGN_OR_RETURN(runtime_options.device, parse_device(f.get("device", "cpu")));
   const std::string positions = f.get("positions", "exact");
   if (positions == "bounded") {
     runtime_options.positions = PositionPolicy::kBounded;

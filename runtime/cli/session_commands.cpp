@@ -51,6 +51,7 @@ std::vector<FlagSpec> runtime_flag_specs(std::vector<FlagSpec> specs) {
   specs.insert(specs.end(), {
       {"data-dir", "DIR", "folder of the persistent sessions (created if missing)", ""},
       {"model", "DIR", "Hugging Face model folder (the one the data dir was made with)", "the bundled models/tiny"},
+      {"device", "NAME", "cpu or cuda[:N] (a data dir keeps the KV of the device it was made on)", "cpu"},
       {"sparse-config", "FILE.json", "InfLLM-V2 sparse attention (MiniCPM4 sparse_config keys)", "the model's own"},
       {"positions", "POLICY", "exact, or bounded (InfLLM: streams past the model's context); same on every run",
        "exact"},
@@ -70,6 +71,7 @@ Result<RuntimeOptions> runtime_options_from_flags(const Flags& f, const std::str
   o.model_dir = f.get("model", default_model_dir());
   if (!is_directory(o.model_dir)) return not_found("model directory '", o.model_dir, "' does not exist");
   o.sparse_config_path = f.get("sparse-config");
+  MNEMO_ASSIGN_OR_RETURN(o.device, parse_device(f.get("device", "cpu")));
   const std::string positions = f.get("positions", "exact");  // run --session: run's --positions, if it has one
   if (positions != "exact" && positions != "bounded") {
     return invalid_argument("mnemo ", command, ": --positions: expected 'exact' or 'bounded', got '", positions, "'");
@@ -82,8 +84,9 @@ Result<RuntimeOptions> runtime_options_from_flags(const Flags& f, const std::str
   if (f.has("kv-budget-tokens")) {
     MNEMO_ASSIGN_OR_RETURN(int64_t tokens, f.get_int("kv-budget-tokens", 0, 64, int64_t{1} << 40));
     MNEMO_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(o.model_dir));
-    // Runtime::open turns bytes back into tokens with the same size: K and V in float32.
-    o.gpu_kv_budget_bytes = tokens * 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4;
+    // Runtime::open turns bytes back into tokens with the same size: K and V in f32 (CPU) or bf16.
+    o.gpu_kv_budget_bytes = tokens * 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim *
+                            (o.device.is_cpu() ? 4 : 2);
   }
   return o;
 }
@@ -591,8 +594,8 @@ Status sessions_command(const std::vector<std::string>& args) {
 }
 
 Status run_session_command(const Flags& f, const GenerateOptions& options) {
-  for (const char* flag : {"random-weights", "seed-weights", "tokenizer", "no-bos", "device", "bounded-window"}) {
-    if (f.has(flag) && !(std::strcmp(flag, "device") == 0 && f.get(flag) == "cpu")) {
+  for (const char* flag : {"random-weights", "seed-weights", "tokenizer", "no-bos", "bounded-window"}) {
+    if (f.has(flag)) {
       return invalid_argument("mnemo run: --", flag, " does not apply with --session (the session's runtime ",
                               "loads --model with its own tokenizer and BOS)");
     }

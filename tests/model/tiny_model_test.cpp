@@ -83,3 +83,21 @@ TEST(TinyModel, TokenizerAndGreedyContinuationsMatchTransformers) {
 
 }  // namespace
 }  // namespace mnemo
+
+namespace mnemo {
+namespace {
+
+// --device cuda where there is no usable GPU (CI: a CPU build, or no device): a clear error naming
+// the device and the reason, before anything is allocated.
+TEST(TinyModel, CudaDeviceWithoutAGpuIsAClearError) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present: tests/cuda/model_cuda_test.cpp covers the CUDA forward";
+  ModelOptions options;
+  options.device = Device::cuda(0);
+  auto model = LlamaModel::load("models/tiny", options);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kInvalidArgument) << model.status().to_string();
+  EXPECT_NE(model.status().message().find("cuda:0"), std::string::npos) << model.status().message();
+}
+
+}  // namespace
+}  // namespace mnemo

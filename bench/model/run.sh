@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU machine's script for the model on the CUDA backend (issue #4, #6): tests, sanitizer, the CLI
+# with --device cuda, and the end-to-end runtime bench on the GPU. It builds nothing: here,
+#   DEST=.devpack bash scripts/devpack.sh mnemo cuda_model_test cuda_store_test runtime_bench
+# then  run(carry: [".devcarry"], command: "bash bench/model/run.sh").
+# Steps (MNEMO_STEPS, comma-separated; default all): test sanitize cli bench. Files land in $OUT.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mnemo-out}
+mkdir -p "$OUT"
+STEPS=${MNEMO_STEPS:-test,sanitize,cli,bench}
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+PACK=$PWD/${PACK:-.devpack}
+if [ ! -d "$PACK" ] && [ -f .devcarry/pack.tar.xz ]; then mkdir -p "$PACK" && tar -C "$PACK" -xJf .devcarry/pack.tar.xz; fi
+BIN=$PACK/bin
+CUDA_LIBS=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && CUDA_LIBS="$CUDA_LIBS:$d"
+done
+LIBPATH="$PACK$CUDA_LIBS"
+if ! LD_LIBRARY_PATH="$LIBPATH" "$BIN/mnemo" --help > /dev/null 2>&1; then LIBPATH="$LIBPATH:$PACK/fallback"; fi
+with_libs() { LD_LIBRARY_PATH="$LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" OMP_WAIT_POLICY=passive "$@"; }
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
+  nproc
+  with_libs ldd "$BIN"/* | grep -E "not found" || echo "all libraries found"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if has test; then
+  for t in cuda_model_test cuda_store_test; do
+    [ -x "$BIN/$t" ] || continue
+    with_libs timeout 240 "$BIN/$t" --gtest_brief=1 > "$OUT/$t.log" 2>&1
+    echo "== $t rc=$?"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|actual|Which is|stats|rror" "$OUT/$t.log" | cut -c1-240 | tail -n 40
+  done
+fi
+
+if has sanitize; then
+  with_libs timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/cuda_model_test" --gtest_brief=1 \
+    --gtest_filter='*qwen2_bias*:*mistral*:CudaModel.*' > "$OUT/sanitize_model.log" 2>&1
+  echo "== memcheck cuda_model_test rc=$?"
+  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitize_model.log" | tail -5
+fi
+
+if has cli; then
+  {
+    for dev in cpu cuda; do
+      echo "--- mnemo run --device $dev"
+      time (with_libs "$BIN/mnemo" run --device $dev -n 48 --stats -p "Once upon a time, there was a little" 2>&1 | tail -n 6)
+      with_libs "$BIN/mnemo" logits --device $dev --text "The capital of France is Paris, and the capital of Italy is" \
+        --out "$OUT/logits_$dev.npy" 2>&1 | tail -n 2
+    done
+    python3 -c "
+import numpy as np
+a = np.load('$OUT/logits_cpu.npy'); b = np.load('$OUT/logits_cuda.npy')
+err = np.abs(a - b).max(axis=1) / np.abs(a).max(axis=1)
+print('logits cuda vs cpu: worst row rel err %.3g, argmax agree %d/%d' % (err.max(), (a.argmax(1) == b.argmax(1)).sum(), len(a)))
+"
+    echo "--- a device that is not there"
+    with_libs "$BIN/mnemo" run --device cuda:7 -p "x" 2>&1 | tail -n 2
+  } > "$OUT/cli.log" 2>&1
+  cat "$OUT/cli.log"
+fi
+
+if has bench; then
+  with_libs timeout 300 "$BIN/runtime_bench" --device cuda --runs 2 --ingest-tokens 2000 \
+    --json "$OUT/runtime_cuda.json" > "$OUT/runtime_cuda.log" 2>&1
+  echo "== runtime_bench --device cuda rc=$?"
+  tail -n 20 "$OUT/runtime_cuda.log"
+fi
