@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "attention/dense.h"
 #include "attention/rope.h"
@@ -108,10 +109,6 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_weights(ModelConfig config,
       return invalid_argument("ModelOptions.device ", options.device.to_string(),
                               ": InfLLM-V2 sparse attention on CUDA needs head_dim 64 or 128 (the stage-1 "
                               "kernel's), got ", config.head_dim, "; use --device cpu");
-    }
-    if (options.positions != PositionPolicy::kExact) {
-      return unimplemented("ModelOptions.device ", options.device.to_string(),
-                           ": the bounded position policy is not on the CUDA forward yet (issue #4); use exact");
     }
   } else if (weights.embed_tokens.dtype() != DType::kF32) {
     return invalid_argument("ModelOptions.device cpu: weights must be f32, got ", dtype_name(weights.embed_tokens.dtype()));
@@ -375,6 +372,45 @@ Status LlamaModel::forward_chunks(std::span<ChunkItem> items) {
   return Status::Ok();
 }
 
+Status LlamaModel::fill_synthetic_kv(Sequence& seq, int64_t tokens, uint64_t seed) {
+  if (tokens < 0) return invalid_argument("fill_synthetic_kv: tokens: expected >= 0, got ", tokens);
+  if (cuda_) return fill_synthetic_kv_cuda(seq, tokens, seed);
+  const int64_t kv_heads = config_.num_key_value_heads, d = config_.head_dim;
+  for (int64_t done = 0; done < tokens;) {
+    const int64_t pos0 = seq.length_, m = std::min(options_.chunk_tokens, tokens - done);
+    const int64_t new_len = pos0 + m;
+    MNEMO_RETURN_IF_ERROR(store_->reserve(seq.id_, new_len));
+    std::mt19937_64 rng(seed ^ (static_cast<uint64_t>(pos0) * 0x9e3779b97f4a7c15ull));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+      for (int64_t t = pos0; t < new_len; ++t) {
+        for (int64_t h = 0; h < kv_heads; ++h) {
+          float* k = store_->k_row(seq.id_, int(l), t, int(h));
+          float* v = store_->v_row(seq.id_, int(l), t, int(h));
+          if (!k || !v) return internal_error("fill_synthetic_kv: KV row of token ", t, " is not reserved");
+          for (int64_t e = 0; e < d; ++e) k[e] = normal(rng), v[e] = normal(rng);
+        }
+      }
+    }
+    Status s = Status::Ok();
+    if (sparse_) {
+      MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(config_, new_len));
+      RopeTable table(std::move(rope));
+      table.ensure(new_len);
+      for (int64_t l = 0; l < config_.num_hidden_layers && s.ok(); ++l) s = update_representatives(seq, int(l), new_len, table);
+    }
+    if (s.ok()) s = store_->commit(seq.id_, new_len);
+    if (!s.ok()) {
+      store_->release_all();
+      store_->reserve(seq.id_, seq.length_).permit_unchecked();
+      return s;
+    }
+    seq.length_ = new_len;
+    done += m;
+  }
+  return Status::Ok();
+}
+
 #ifndef MNEMO_WITH_CUDA
 // CPU builds: from_weights refuses a CUDA device before any of these is reached.
 Result<std::unique_ptr<LlamaModel::CudaState>> LlamaModel::make_cuda_state(const ModelConfig&, const ModelWeights&,
@@ -384,6 +420,9 @@ Result<std::unique_ptr<LlamaModel::CudaState>> LlamaModel::make_cuda_state(const
 void* LlamaModel::cuda_stream_of(CudaState&) { return nullptr; }
 Result<std::shared_ptr<void>> LlamaModel::clone_cuda_repr(const Sequence&) { return std::shared_ptr<void>(); }
 Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem>) { return invalid_argument("this build has no CUDA backend"); }
+Status LlamaModel::fill_synthetic_kv_cuda(Sequence&, int64_t, uint64_t) {
+  return invalid_argument("this build has no CUDA backend");
+}
 #endif
 
 }  // namespace mnemo

@@ -98,6 +98,12 @@ class LlamaModel {
   };
   Status forward_batch(std::span<BatchItem> items);
 
+  // Benchmarks: appends `tokens` positions of random K and V (normal(0, 1), every layer) to `seq` as if
+  // a prompt had been prefilled, representatives included — no forward pass, so a decode benchmark
+  // starts at a 1M-token context in seconds. What attends to them afterwards is meaningless text-wise
+  // but costs what a real context costs (blocks, tiers, selection). On error the sequence is unchanged.
+  Status fill_synthetic_kv(Sequence& seq, int64_t tokens, uint64_t seed);
+
  // The CUDA backend's state (model/llama_cuda.cpp): device weights, stream, cuBLAS, scratch. A
   // CUDA-free base so this header and CPU builds need no CUDA types. Opaque to callers.
   struct CudaState {
@@ -138,6 +144,7 @@ class LlamaModel {
   // A device copy of `parent`'s representatives for a fork (null when it has none).
   Result<std::shared_ptr<void>> clone_cuda_repr(const Sequence& parent);
   Status forward_chunks_cuda(std::span<ChunkItem> items);
+  Status fill_synthetic_kv_cuda(Sequence& seq, int64_t tokens, uint64_t seed);
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -23,6 +23,7 @@
 #include "attention/compress.h"
 #include "attention/cuda/compress.h"
 #include "attention/cuda/dense.h"
+#include "attention/cuda/merge.h"
 #include "attention/cuda/select.h"
 #include "attention/cuda/sparse.h"
 #include "attention/sparse_params.h"
@@ -140,7 +141,8 @@ struct CudaForwardState final : LlamaModel::CudaState {
   int32_t* invalid_ids = nullptr;
 
   DeviceMem cublas_workspace, attn_workspace;
-  DeviceMem x, h, q, k, v, attn, o, gate_up, act, sel, logits, meta, q_nope, scores, block_ids, score_workspace;
+  DeviceMem x, h, q, k, v, attn, o, gate_up, act, sel, logits, meta, q_nope, scores, block_ids, score_workspace,
+      q_mem, mem_out, lse_local, lse_mem;
   PinnedMem host_meta, host_logits, host_block_ids;
 
   // RoPE table on the device for the rope in force (rebuilt when a length-dependent rope changes).
@@ -294,6 +296,35 @@ cuda::CompressedKeysBf16 view(const SeqRepr::Tier& t, int d, int kernel, int str
   return v;
 }
 
+// The device RoPE table for `rope`, covering positions [0, max_len) (rebuilt when a length-dependent
+// rope changes, grown by doubling).
+Status ensure_rope_table(CudaForwardState& st, const Rope& rope, int64_t max_len, int64_t d) {
+  if (st.rope_valid && rope.inv_freq == st.rope.inv_freq && rope.scale == st.rope.scale && st.rope_len >= max_len) {
+    return Status::Ok();
+  }
+  const int64_t half = d / 2;
+  const int64_t cap = st.rope_valid && st.rope_len >= max_len ? st.rope_len
+                                                              : std::max({max_len, st.rope_len * 2, int64_t{4096}});
+  MNEMO_RETURN_IF_ERROR(st.rope_inv_freq.reserve(sizeof(float) * half, "the RoPE frequencies"));
+  MNEMO_RETURN_IF_ERROR(st.rope_cos.reserve(sizeof(float) * cap * half, "the RoPE table"));
+  MNEMO_RETURN_IF_ERROR(st.rope_sin.reserve(sizeof(float) * cap * half, "the RoPE table"));
+  MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(st.rope_inv_freq.as<float>(), rope.inv_freq.data(), sizeof(float) * half,
+                                             cudaMemcpyHostToDevice, st.stream));
+  cuda::RopeTableParams rp;
+  rp.inv_freq = st.rope_inv_freq.as<float>();
+  rp.half = static_cast<int>(half);
+  rp.scale = rope.scale;
+  rp.len = cap;
+  rp.cos = st.rope_cos.as<float>();
+  rp.sin = st.rope_sin.as<float>();
+  MNEMO_RETURN_IF_ERROR(cuda::rope_table_launch(rp, st.stream));
+  MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st.stream));  // inv_freq's host copy is the caller's
+  st.rope = rope;
+  st.rope_len = cap;
+  st.rope_valid = true;
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<std::shared_ptr<void>> LlamaModel::clone_cuda_repr(const Sequence& parent) {
@@ -333,12 +364,18 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   const SparseParams sp = sparse ? to_sparse_params(*sparse_) : SparseParams{};
   const bool approx = sparse && options_.approximate_selection_lse;
   const int max_sel = sparse ? max_selected_blocks(sp) : 0;
+  // The bounded policy (llama_bounded.cpp): a local window with true distances (keys and queries
+  // rotated relative to a block-aligned offset) plus a memory partial (un-rotated keys, the query at
+  // distance W), joined by their LSE. Each item runs its own launches (offsets differ per item).
+  const bool bounded = options_.positions == PositionPolicy::kBounded;
+  const int64_t window = bounded ? bounded_window() : 0;
 
   // A length-dependent rope (dynamic NTK, longrope) gives each length its own frequencies: items
   // whose ropes differ run one after another (rare: only across such a rope's switch point).
   std::vector<Rope> ropes;
   for (const ChunkItem& it : items) {
-    MNEMO_ASSIGN_OR_RETURN(Rope r, make_rope(c, it.seq->length() + static_cast<int64_t>(it.tokens.size())));
+    const int64_t len = it.seq->length() + static_cast<int64_t>(it.tokens.size());
+    MNEMO_ASSIGN_OR_RETURN(Rope r, make_rope(c, bounded ? std::min(len, window + static_cast<int64_t>(it.tokens.size())) : len));
     ropes.push_back(std::move(r));
   }
   for (size_t i = 1; i < items.size(); ++i) {
@@ -359,6 +396,9 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     int64_t first_sparse = 0;  // rows [first_sparse, n) are sparse queries
     int64_t sel_row0 = 0;      // first row of this item's sparse queries in the selection buffers
     int64_t repr_from = 0;     // first token a new window (either tier) reads
+    int64_t rope_offset = 0;   // bounded: keys and queries rotated at index - rope_offset
+    int64_t first_mem = 0;     // bounded: rows [first_mem, n) have a memory partial (t >= W)
+    bool sparse_memory = false;
   };
   std::vector<Plan> plans;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -370,7 +410,12 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     p.num_blocks = (new_len + bt - 1) / bt;
     p.first_block = c.sliding_window > 0 ? std::max<int64_t>(0, p.pos0 - c.sliding_window + 1) / bt : 0;
     p.first_sparse = p.n;
-    if (sparse) {
+    if (bounded) {
+      p.rope_offset = std::max<int64_t>(0, p.pos0 - window + 1) / bt * bt;
+      p.first_block = std::max<int64_t>(0, p.pos0 - window + 1) / bt;
+      p.first_mem = std::clamp<int64_t>(window - p.pos0, 0, p.n);
+      p.sparse_memory = sparse && p.first_mem < p.n && use_sparse(p.pos0 + p.first_mem + 1, sp);
+    } else if (sparse) {
       for (int64_t t = 0; t < p.n; ++t) {
         if (use_sparse(p.pos0 + t + 1, sp)) {
           p.first_sparse = t;
@@ -380,6 +425,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     }
     const bool has_sparse = p.first_sparse < p.n;
     p.group = p.n == 1 ? (has_sparse ? 1 : 0) : (has_sparse ? 3 : 2);
+    if (bounded) p.group = p.n == 1 ? 0 : 2;  // launches per item: the groups only order the rows
     plans.push_back(p);
   }
   std::stable_sort(plans.begin(), plans.end(), [](const Plan& a, const Plan& b) { return a.group < b.group; });
@@ -396,10 +442,19 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     stride = std::max(stride, p.num_blocks);
     if (p.group == 2) max_q_pre = std::max(max_q_pre, p.n);
     if (p.first_sparse < p.n) max_blocks_sparse = std::max(max_blocks_sparse, p.num_blocks);
+    if (p.sparse_memory) {
+      p.sel_row0 = sel_rows - (p.n - p.first_sparse);
+      sel_rows += p.n - p.first_mem;
+    }
     MNEMO_RETURN_IF_ERROR(store_->reserve(items[p.item].seq->id_, new_len));
   }
   const int64_t n = total;
   const int64_t max_len = *std::max_element(max_kv, max_kv + 4);
+  int64_t table_len = max_len;
+  if (bounded) {
+    table_len = window + 1;
+    for (const Plan& p : plans) table_len = std::max(table_len, p.pos0 + p.n - p.rope_offset);
+  }
   if (max_len > INT32_MAX) return invalid_argument("CUDA forward: stream length ", max_len, " exceeds 2^31 - 1");
 
   // Representatives: room for every window this step completes, and where the new ones start.
@@ -437,29 +492,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   }
 
   // RoPE table on the device, covering every position of this step.
-  const Rope& rope = ropes[0];
-  if (!st.rope_valid || rope.inv_freq != st.rope.inv_freq || rope.scale != st.rope.scale || st.rope_len < max_len) {
-    const int64_t half = d / 2;
-    const int64_t cap = st.rope_valid && st.rope_len >= max_len ? st.rope_len
-                                                                : std::max({max_len, st.rope_len * 2, int64_t{4096}});
-    MNEMO_RETURN_IF_ERROR(st.rope_inv_freq.reserve(sizeof(float) * half, "the RoPE frequencies"));
-    MNEMO_RETURN_IF_ERROR(st.rope_cos.reserve(sizeof(float) * cap * half, "the RoPE table"));
-    MNEMO_RETURN_IF_ERROR(st.rope_sin.reserve(sizeof(float) * cap * half, "the RoPE table"));
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(st.rope_inv_freq.as<float>(), rope.inv_freq.data(),
-                                               sizeof(float) * half, cudaMemcpyHostToDevice, stream));
-    cuda::RopeTableParams rp;
-    rp.inv_freq = st.rope_inv_freq.as<float>();
-    rp.half = static_cast<int>(half);
-    rp.scale = rope.scale;
-    rp.len = cap;
-    rp.cos = st.rope_cos.as<float>();
-    rp.sin = st.rope_sin.as<float>();
-    MNEMO_RETURN_IF_ERROR(cuda::rope_table_launch(rp, stream));
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));  // inv_freq's host copy is the caller's
-    st.rope = rope;
-    st.rope_len = cap;
-    st.rope_valid = true;
-  }
+  MNEMO_RETURN_IF_ERROR(ensure_rope_table(st, ropes[0], table_len, d));
 
   // Rows whose logits are wanted.
   std::vector<int32_t> out_rows;
@@ -477,7 +510,12 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   const int64_t off_tokens = 0, off_pos = pad(n), off_rows = off_pos + pad(n), off_kv = off_rows + pad(num_out);
   const int64_t off_pairs = off_kv + pad(num_items), off_indptr = off_pairs + pad(4 * num_items);
   const int64_t off_iota = off_indptr + pad(group_count[2] + 1);  // 0, 1, ..., num_items: decode indptr
-  const int64_t step_ints = off_iota + pad(num_items + 1);
+  const int64_t off_rope_pos = off_iota + pad(num_items + 1);  // t - rope_offset (== t unless bounded)
+  const int64_t off_mem_index = off_rope_pos + pad(n);          // bounded: t - W (memory causal bound)
+  const int64_t off_w_pos = off_mem_index + pad(n);             // bounded: W (the memory query's position)
+  const int64_t off_mem_kv = off_w_pos + pad(n);                // bounded: per item, last t - W + 1
+  const int64_t off_mem_pairs = off_mem_kv + pad(num_items);    // bounded: per item (0, memory rows)
+  const int64_t step_ints = off_mem_pairs + pad(2 * num_items);
   const int64_t off_slots = 0, off_tables = pad(n);
   const int64_t layer_ints = off_tables + pad(num_items * stride);
   const int64_t meta_ints = step_ints + layers * layer_ints;
@@ -493,8 +531,14 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
       for (int64_t t = 0; t < p.n; ++t) {
         hm[off_tokens + p.row0 + t] = items[p.item].tokens[t];
         hm[off_pos + p.row0 + t] = int32_t(p.pos0 + t);
+        hm[off_rope_pos + p.row0 + t] = int32_t(p.pos0 + t - p.rope_offset);
+        hm[off_mem_index + p.row0 + t] = int32_t(std::max<int64_t>(0, p.pos0 + t - window));
+        hm[off_w_pos + p.row0 + t] = int32_t(window);
       }
       hm[off_kv + b] = int32_t(p.pos0 + p.n);
+      hm[off_mem_kv + b] = int32_t(std::max<int64_t>(1, p.pos0 + p.n - window));
+      hm[off_mem_pairs + 2 * b] = 0;
+      hm[off_mem_pairs + 2 * b + 1] = int32_t(p.n - p.first_mem);
       int32_t* pair = hm + off_pairs + 4 * b;
       pair[0] = 0, pair[1] = int32_t(p.first_sparse), pair[2] = 0, pair[3] = int32_t(p.n - p.first_sparse);
       if (p.group == 2) {
@@ -523,11 +567,21 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   MNEMO_RETURN_IF_ERROR(st.sel.reserve(2 * num_out * hidden, "activations"));
   MNEMO_RETURN_IF_ERROR(st.logits.reserve(sizeof(float) * num_out * vocab, "logits"));
   MNEMO_RETURN_IF_ERROR(st.host_logits.reserve(sizeof(float) * num_out * vocab, stream, "logits"));
-  const bool use_nope = sparse && sp.use_nope;
+  const bool use_nope = (sparse && sp.use_nope) || bounded;  // bounded: q_raw for the memory partial
+  if (bounded) {
+    MNEMO_RETURN_IF_ERROR(st.q_nope.reserve(2 * n * qkv, "activations"));
+    MNEMO_RETURN_IF_ERROR(st.q_mem.reserve(2 * n * qkv, "activations"));
+    MNEMO_RETURN_IF_ERROR(st.mem_out.reserve(2 * n * qkv, "activations"));
+    MNEMO_RETURN_IF_ERROR(st.lse_local.reserve(sizeof(float) * n * heads, "activations"));
+    MNEMO_RETURN_IF_ERROR(st.lse_mem.reserve(sizeof(float) * n * heads, "activations"));
+  }
   if (sel_rows > 0) {
     if (use_nope) MNEMO_RETURN_IF_ERROR(st.q_nope.reserve(2 * n * qkv, "activations"));
     int64_t max_scores = 1;
-    for (const Plan& p : plans) max_scores = std::max(max_scores, (p.n - p.first_sparse) * kv_heads * p.num_blocks);
+    for (const Plan& p : plans) {
+      const int64_t rows = std::max(p.n - p.first_sparse, p.sparse_memory ? p.n - p.first_mem : 0);
+      max_scores = std::max(max_scores, rows * kv_heads * p.num_blocks);
+    }
     MNEMO_RETURN_IF_ERROR(st.scores.reserve(sizeof(float) * max_scores, "block scores"));
     MNEMO_RETURN_IF_ERROR(st.block_ids.reserve(sizeof(int32_t) * sel_rows * kv_heads * max_sel, "selected blocks"));
     MNEMO_RETURN_IF_ERROR(
@@ -611,13 +665,13 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     MNEMO_RETURN_IF_ERROR(linear(h, w.wq, w.bq, q, DType::kBF16, n, hidden, qkv));
     MNEMO_RETURN_IF_ERROR(linear(h, w.wk, w.bk, k, DType::kBF16, n, hidden, kvd));
     MNEMO_RETURN_IF_ERROR(linear(h, w.wv, w.bv, v, DType::kBF16, n, hidden, kvd));
-    if (use_nope && sel_rows > 0) {
+    if (use_nope && (sel_rows > 0 || bounded)) {
       MNEMO_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(st.q_nope.as<bf16>(), q, 2 * n * qkv, cudaMemcpyDeviceToDevice, stream));
     }
     cuda::RopeQParams rq;
     rq.q = q;
-    rq.positions = positions;
+    rq.positions = bounded ? dm + off_rope_pos : positions;
     rq.cos = rt.cos;
     rq.sin = rt.sin;
     rq.rope_len = st.rope_len;
@@ -688,7 +742,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
           cuda::CompressKeysCudaParams cp;
           cp.kv = kv;
           cp.kv.block_tables = tables + b * stride;
-          if (!sp.use_nope) cp.key_rope = rt;
+          if (!sp.use_nope && !bounded) cp.key_rope = rt;
           cp.kernel_size = kernel;
           cp.kernel_stride = kstride;
           cp.first_window = t.num_compressed;
@@ -700,172 +754,382 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
         }
       }
     }
-    if (group_count[0] > 0) {
-      cuda::DenseDecodeParams dp;
-      dp.q = q + group_row0[0] * qkv;
-      dp.batch = int(group_count[0]);
-      dp.num_heads = int(heads);
-      dp.kv = kv;
-      dp.kv.block_tables = tables;  // group 0 items come first
-      dp.kv.kv_lens = dm + off_kv;
-      dp.kv.max_kv_len = max_kv[0];
-      dp.key_rope = rt;
-      dp.softmax_scale = softmax_scale;
-      dp.sliding_window = c.sliding_window;
-      dp.num_splits = dec_plan.num_splits;
-      dp.out = attn + group_row0[0] * qkv;
-      MNEMO_RETURN_IF_ERROR(cuda::dense_decode_launch(dp, attn_workspace, stream));
-    }
-    const int64_t first_pre = group_count[0] + group_count[1];  // plan index of the first chunk
-    if (group_count[2] > 0) {
-      cuda::DensePrefillParams pp;
-      pp.q = q + group_row0[2] * qkv;
-      pp.q_indptr = dm + off_indptr;
-      pp.q_index = positions + group_row0[2];
-      pp.batch = int(group_count[2]);
-      pp.max_q_per_seq = int(max_q_pre);
-      pp.num_heads = int(heads);
-      pp.kv = kv;
-      pp.kv.block_tables = tables + first_pre * stride;
-      pp.kv.kv_lens = dm + off_kv + first_pre;
-      pp.kv.max_kv_len = max_kv[2];
-      pp.key_rope = rt;
-      pp.softmax_scale = softmax_scale;
-      pp.sliding_window = c.sliding_window;
-      pp.out = attn + group_row0[2] * qkv;
-      MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
-    }
-    for (int64_t b = first_pre + group_count[2]; b < num_items; ++b) {  // group 3: dense part
-      const Plan& p = plans[b];
-      if (p.first_sparse == 0) continue;
-      cuda::DensePrefillParams pp;
-      pp.q = q + p.row0 * qkv;
-      pp.q_indptr = dm + off_pairs + 4 * b;
-      pp.q_index = positions + p.row0;
-      pp.batch = 1;
-      pp.max_q_per_seq = int(p.first_sparse);
-      pp.num_heads = int(heads);
-      pp.kv = kv;
-      pp.kv.block_tables = tables + b * stride;
-      pp.kv.kv_lens = dm + off_kv + b;
-      pp.kv.max_kv_len = p.pos0 + p.n;
-      pp.key_rope = rt;
-      pp.softmax_scale = softmax_scale;
-      pp.sliding_window = c.sliding_window;
-      pp.out = attn + p.row0 * qkv;
-      MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
-    }
-
-    // Sparse queries: stage 1 + top-k per sequence, the selection to the host (one wait per layer),
-    // the selected blocks pinned, then stage 2.
-    if (sel_rows > 0) {
+    if (bounded) {
+      // Per item: the local partial (keys in the window, rotated relative to rope_offset), then for
+      // rows with t >= W the memory partial (all older blocks, or the sparse selection among them;
+      // keys un-rotated, the query rotated at W), merged by LSE into attn.
+      bf16* q_raw = st.q_nope.as<bf16>();
+      bf16* q_mem = st.q_mem.as<bf16>();
+      bf16* mem_out = st.mem_out.as<bf16>();
+      float* lse_local = st.lse_local.as<float>();
+      float* lse_mem = st.lse_mem.as<float>();
       int32_t* d_ids = st.block_ids.as<int32_t>();
       for (int64_t b = 0; b < num_items; ++b) {
         const Plan& p = plans[b];
-        const int64_t m = p.n - p.first_sparse;
+        const int64_t new_len = p.pos0 + p.n;
+        cuda::RopeTableView local_rope = rt;  // index j reads the table at j - rope_offset
+        local_rope.cos = rt.cos - p.rope_offset * (d / 2);
+        local_rope.sin = rt.sin - p.rope_offset * (d / 2);
+        local_rope.len = rt.len + p.rope_offset;
+        cuda::PagedKvBf16 ikv = kv;
+        ikv.block_tables = tables + b * stride;
+        ikv.kv_lens = dm + off_kv + b;
+        ikv.max_kv_len = new_len;
+        if (p.n == 1) {
+          cuda::DenseDecodeParams dp;
+          dp.q = q + p.row0 * qkv;
+          dp.batch = 1;
+          dp.num_heads = int(heads);
+          dp.kv = ikv;
+          dp.key_rope = local_rope;
+          dp.softmax_scale = softmax_scale;
+          dp.sliding_window = window;
+          const cuda::DenseDecodePlan plan =
+              cuda::plan_dense_decode(1, int(heads), kh, di, int(bt), std::min(new_len, window), st.num_sms);
+          dp.num_splits = plan.num_splits;
+          dp.out = attn + p.row0 * qkv;
+          dp.lse = lse_local + p.row0 * heads;
+          MNEMO_RETURN_IF_ERROR(st.attn_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "attention"));
+          MNEMO_RETURN_IF_ERROR(cuda::dense_decode_launch(
+              dp, Workspace{st.attn_workspace.as<void>(), st.attn_workspace.bytes()}, stream));
+        } else {
+          cuda::DensePrefillParams pp;
+          pp.q = q + p.row0 * qkv;
+          pp.q_indptr = dm + off_pairs + 4 * b;  // (0, first_sparse == n)
+          pp.q_index = positions + p.row0;
+          pp.batch = 1;
+          pp.max_q_per_seq = int(p.n);
+          pp.num_heads = int(heads);
+          pp.kv = ikv;
+          pp.key_rope = local_rope;
+          pp.softmax_scale = softmax_scale;
+          pp.sliding_window = window;
+          pp.out = attn + p.row0 * qkv;
+          pp.lse = lse_local + p.row0 * heads;
+          MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
+        }
+        const int64_t m = p.n - p.first_mem;
         if (m == 0) continue;
-        const auto& r = *static_cast<const SeqRepr*>(items[p.item].seq->cuda_repr_.get());
-        cuda::BlockScoreCudaParams bs;
-        bs.q = (use_nope ? st.q_nope.as<bf16>() : q) + (p.row0 + p.first_sparse) * qkv;
-        bs.q_index = positions + p.row0 + p.first_sparse;
-        bs.num_q = int(m);
-        bs.num_heads = int(heads);
-        bs.num_kv_heads = kh;
-        bs.head_dim = di;
-        bs.keys = view(r.t1[l], di, sp.kernel_size, sp.kernel_stride);
-        if (approx) bs.lse_keys = view(r.t2[l], di, lse_kernel_size(sp), lse_kernel_stride(sp));
-        bs.block_size = sp.block_size;
-        bs.num_blocks = p.num_blocks;
-        bs.softmax_scale = softmax_scale;
-        bs.block_scores = st.scores.as<float>();
-        const cuda::BlockScorePlan plan =
-            cuda::plan_block_scores(int(m), int(heads), kh, bs.keys.num_compressed, st.num_sms);
-        bs.num_splits = plan.num_splits;
-        MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
-        MNEMO_RETURN_IF_ERROR(cuda::block_scores_launch(
-            bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, stream));
-        cuda::BlockTopkCudaParams tk;
-        tk.block_scores = st.scores.as<float>();
-        tk.q_index = bs.q_index;
-        tk.num_q = int(m);
-        tk.num_kv_heads = kh;
-        tk.num_blocks = p.num_blocks;
-        tk.sparse = sp;
-        tk.max_selected = max_sel;
-        tk.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
-        MNEMO_RETURN_IF_ERROR(cuda::select_topk_launch(tk, stream));
-      }
-      int32_t* h_ids = st.host_block_ids.as<int32_t>();
-      MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_ids, d_ids, sizeof(int32_t) * sel_rows * kv_heads * max_sel,
-                                                 cudaMemcpyDeviceToHost, stream));
-      MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-      for (int64_t b = 0; b < num_items; ++b) {
-        const Plan& p = plans[b];
-        const int64_t m = p.n - p.first_sparse;
-        if (m == 0) continue;
+        const int64_t r0 = p.row0 + p.first_mem;
+        // The memory query: q_raw rotated at W.
+        MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(q_mem + r0 * qkv, q_raw + r0 * qkv, sizeof(bf16) * m * qkv,
+                                                   cudaMemcpyDeviceToDevice, stream));
+        cuda::RopeQParams mq;
+        mq.q = q_mem + r0 * qkv;
+        mq.positions = dm + off_w_pos + r0;
+        mq.cos = rt.cos;
+        mq.sin = rt.sin;
+        mq.rope_len = st.rope_len;
+        mq.n = m;
+        mq.num_heads = int(heads);
+        mq.head_dim = di;
+        MNEMO_RETURN_IF_ERROR(cuda::rope_q_launch(mq, stream));
         std::vector<char>& want = pinned[b];
+        int32_t* table = lm + off_tables + b * stride;
+        const int64_t last_mem_block = (new_len - 1 - window) / bt;
         ids.clear();
-        const int32_t* row = h_ids + p.sel_row0 * kv_heads * max_sel;
-        for (int64_t i = 0; i < m * kv_heads * max_sel; ++i) {
-          const int32_t blk = row[i];
-          if (blk < 0) continue;
-          if (blk >= p.num_blocks) return internal_error("CUDA top-k selected block ", blk, " of ", p.num_blocks);
-          if (!want[blk]) {
-            want[blk] = 1;
-            ids.push_back(blk);
+        if (p.sparse_memory) {
+          const auto& r = *static_cast<const SeqRepr*>(items[p.item].seq->cuda_repr_.get());
+          cuda::BlockScoreCudaParams bs;
+          bs.q = q_raw + r0 * qkv;
+          bs.q_index = positions + r0;
+          bs.num_q = int(m);
+          bs.num_heads = int(heads);
+          bs.num_kv_heads = kh;
+          bs.head_dim = di;
+          bs.keys = view(r.t1[l], di, sp.kernel_size, sp.kernel_stride);
+          if (approx) bs.lse_keys = view(r.t2[l], di, lse_kernel_size(sp), lse_kernel_stride(sp));
+          bs.block_size = sp.block_size;
+          bs.num_blocks = p.num_blocks;
+          bs.softmax_scale = softmax_scale;
+          bs.block_scores = st.scores.as<float>();
+          const cuda::BlockScorePlan plan =
+              cuda::plan_block_scores(int(m), int(heads), kh, bs.keys.num_compressed, st.num_sms);
+          bs.num_splits = plan.num_splits;
+          MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
+          MNEMO_RETURN_IF_ERROR(cuda::block_scores_launch(
+              bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, stream));
+          cuda::BlockTopkCudaParams tk;
+          tk.block_scores = st.scores.as<float>();
+          tk.q_index = bs.q_index;
+          tk.num_q = int(m);
+          tk.num_kv_heads = kh;
+          tk.num_blocks = p.num_blocks;
+          tk.sparse = sp;
+          tk.max_selected = max_sel;
+          int32_t* item_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
+          tk.block_ids = item_ids;
+          MNEMO_RETURN_IF_ERROR(cuda::select_topk_launch(tk, stream));
+          // Keep the selected blocks that start in the memory range (the local partial has the rest).
+          int32_t* h_ids = st.host_block_ids.as<int32_t>() + p.sel_row0 * kv_heads * max_sel;
+          const size_t id_bytes = sizeof(int32_t) * m * kv_heads * max_sel;
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_ids, item_ids, id_bytes, cudaMemcpyDeviceToHost, stream));
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t last_block = (p.pos0 + p.first_mem + i - window) / bt;
+            for (int64_t g = 0; g < kv_heads; ++g) {
+              int32_t* row = h_ids + (i * kv_heads + g) * max_sel;
+              int k = 0;
+              for (int j = 0; j < max_sel; ++j) {
+                if (row[j] >= 0 && row[j] <= last_block) row[k++] = row[j];
+              }
+              std::fill(row + k, row + max_sel, -1);
+              for (int j = 0; j < k; ++j) {
+                if (!want[row[j]]) want[row[j]] = 1, ids.push_back(row[j]);
+              }
+            }
+          }
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(item_ids, h_ids, id_bytes, cudaMemcpyHostToDevice, stream));
+        } else {
+          for (int64_t blk = 0; blk <= last_mem_block; ++blk) {
+            if (!want[blk]) want[blk] = 1, ids.push_back(blk);
           }
         }
-        if (ids.empty()) continue;
-        std::sort(ids.begin(), ids.end());
-        MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
-        int32_t* table = lm + off_tables + b * stride;
-        for (size_t i = 0; i < ids.size(); ++i) table[ids[i]] = slots[i];
+        if (!ids.empty()) {
+          std::sort(ids.begin(), ids.end());
+          MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
+          // This item's table row again, after the wait for its earlier upload (a sync, or the one
+          // below: uploads of one row are ordered on the stream and read from distinct staging).
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+          for (size_t i = 0; i < ids.size(); ++i) table[ids[i]] = slots[i];
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ldm + off_tables + b * stride, table, sizeof(int32_t) * stride,
+                                                     cudaMemcpyHostToDevice, stream));
+        }
+        cuda::PagedKvBf16 mkv = ikv;  // keys as stored: no rope
+        mkv.kv_lens = p.sparse_memory ? dm + off_kv + b : dm + off_mem_kv + b;
+        mkv.max_kv_len = p.sparse_memory ? new_len : new_len - window;
+        if (p.sparse_memory) {
+          cuda::SparseAttentionCudaParams sa;
+          sa.q = q_mem + r0 * qkv;
+          sa.q_indptr = dm + off_mem_pairs + 2 * b;
+          sa.q_index = dm + off_mem_index + r0;
+          sa.batch = 1;
+          sa.total_q = int(m);
+          sa.max_q_per_seq = int(m);
+          sa.num_heads = int(heads);
+          sa.kv = mkv;
+          sa.softmax_scale = softmax_scale;
+          sa.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
+          sa.max_selected = max_sel;
+          sa.out = mem_out + r0 * qkv;
+          sa.lse = lse_mem + r0 * heads;
+          if (m == 1) {
+            const cuda::SparseDecodePlan plan =
+                cuda::plan_sparse_decode(1, int(heads), kh, di, int(bt), max_sel, st.num_sms);
+            sa.num_splits = plan.num_splits;
+            MNEMO_RETURN_IF_ERROR(st.attn_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "attention"));
+            MNEMO_RETURN_IF_ERROR(cuda::sparse_decode_launch(
+                sa, Workspace{st.attn_workspace.as<void>(), st.attn_workspace.bytes()}, stream));
+          } else {
+            MNEMO_RETURN_IF_ERROR(cuda::sparse_prefill_launch(sa, stream));
+          }
+        } else if (m == 1) {
+          cuda::DenseDecodeParams dp;  // the query sits at kv_len - 1 = t - W
+          dp.q = q_mem + r0 * qkv;
+          dp.batch = 1;
+          dp.num_heads = int(heads);
+          dp.kv = mkv;
+          dp.softmax_scale = softmax_scale;
+          const cuda::DenseDecodePlan plan =
+              cuda::plan_dense_decode(1, int(heads), kh, di, int(bt), new_len - window, st.num_sms);
+          dp.num_splits = plan.num_splits;
+          dp.out = mem_out + r0 * qkv;
+          dp.lse = lse_mem + r0 * heads;
+          MNEMO_RETURN_IF_ERROR(st.attn_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "attention"));
+          MNEMO_RETURN_IF_ERROR(cuda::dense_decode_launch(
+              dp, Workspace{st.attn_workspace.as<void>(), st.attn_workspace.bytes()}, stream));
+        } else {
+          cuda::DensePrefillParams pp;
+          pp.q = q_mem + r0 * qkv;
+          pp.q_indptr = dm + off_mem_pairs + 2 * b;
+          pp.q_index = dm + off_mem_index + r0;
+          pp.batch = 1;
+          pp.max_q_per_seq = int(m);
+          pp.num_heads = int(heads);
+          pp.kv = mkv;
+          pp.softmax_scale = softmax_scale;
+          pp.out = mem_out + r0 * qkv;
+          pp.lse = lse_mem + r0 * heads;
+          MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
+        }
+        cuda::MergeAttentionCudaParams mg;
+        mg.out_a = attn + r0 * qkv;
+        mg.lse_a = lse_local + r0 * heads;
+        mg.out_b = mem_out + r0 * qkv;
+        mg.lse_b = lse_mem + r0 * heads;
+        mg.num_rows = m * heads;
+        mg.head_dim = di;
+        mg.out = attn + r0 * qkv;
+        MNEMO_RETURN_IF_ERROR(cuda::merge_attention_launch(mg, stream));
       }
-      // The tables again (the first upload is done: the stream was just synchronised).
-      MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ldm + off_tables, lm + off_tables, sizeof(int32_t) * num_items * stride,
-                                                 cudaMemcpyHostToDevice, stream));
-      if (group_count[1] > 0) {
-        cuda::SparseAttentionCudaParams sa;
-        sa.q = q + group_row0[1] * qkv;
-        sa.q_indptr = dm + off_iota;
-        sa.q_index = positions + group_row0[1];
-        sa.batch = int(group_count[1]);
-        sa.total_q = int(group_count[1]);
-        sa.max_q_per_seq = 1;
-        sa.num_heads = int(heads);
-        sa.kv = kv;
-        sa.kv.block_tables = tables + group_count[0] * stride;
-        sa.kv.kv_lens = dm + off_kv + group_count[0];
-        sa.kv.max_kv_len = max_kv[1];
-        sa.key_rope = rt;
-        sa.softmax_scale = softmax_scale;
-        sa.block_ids = d_ids + plans[group_count[0]].sel_row0 * kv_heads * max_sel;
-        sa.max_selected = max_sel;
-        sa.num_splits = sdec_plan.num_splits;
-        sa.out = attn + group_row0[1] * qkv;
-        MNEMO_RETURN_IF_ERROR(cuda::sparse_decode_launch(sa, attn_workspace, stream));
+    } else {
+      if (group_count[0] > 0) {
+        cuda::DenseDecodeParams dp;
+        dp.q = q + group_row0[0] * qkv;
+        dp.batch = int(group_count[0]);
+        dp.num_heads = int(heads);
+        dp.kv = kv;
+        dp.kv.block_tables = tables;  // group 0 items come first
+        dp.kv.kv_lens = dm + off_kv;
+        dp.kv.max_kv_len = max_kv[0];
+        dp.key_rope = rt;
+        dp.softmax_scale = softmax_scale;
+        dp.sliding_window = c.sliding_window;
+        dp.num_splits = dec_plan.num_splits;
+        dp.out = attn + group_row0[0] * qkv;
+        MNEMO_RETURN_IF_ERROR(cuda::dense_decode_launch(dp, attn_workspace, stream));
       }
-      for (int64_t b = first_pre + group_count[2]; b < num_items; ++b) {  // group 3: sparse part
+      const int64_t first_pre = group_count[0] + group_count[1];  // plan index of the first chunk
+      if (group_count[2] > 0) {
+        cuda::DensePrefillParams pp;
+        pp.q = q + group_row0[2] * qkv;
+        pp.q_indptr = dm + off_indptr;
+        pp.q_index = positions + group_row0[2];
+        pp.batch = int(group_count[2]);
+        pp.max_q_per_seq = int(max_q_pre);
+        pp.num_heads = int(heads);
+        pp.kv = kv;
+        pp.kv.block_tables = tables + first_pre * stride;
+        pp.kv.kv_lens = dm + off_kv + first_pre;
+        pp.kv.max_kv_len = max_kv[2];
+        pp.key_rope = rt;
+        pp.softmax_scale = softmax_scale;
+        pp.sliding_window = c.sliding_window;
+        pp.out = attn + group_row0[2] * qkv;
+        MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
+      }
+      for (int64_t b = first_pre + group_count[2]; b < num_items; ++b) {  // group 3: dense part
         const Plan& p = plans[b];
-        const int64_t m = p.n - p.first_sparse;
-        cuda::SparseAttentionCudaParams sa;
-        sa.q = q + (p.row0 + p.first_sparse) * qkv;
-        sa.q_indptr = dm + off_pairs + 4 * b + 2;
-        sa.q_index = positions + p.row0 + p.first_sparse;
-        sa.batch = 1;
-        sa.total_q = int(m);
-        sa.max_q_per_seq = int(m);
-        sa.num_heads = int(heads);
-        sa.kv = kv;
-        sa.kv.block_tables = tables + b * stride;
-        sa.kv.kv_lens = dm + off_kv + b;
-        sa.kv.max_kv_len = p.pos0 + p.n;
-        sa.key_rope = rt;
-        sa.softmax_scale = softmax_scale;
-        sa.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
-        sa.max_selected = max_sel;
-        sa.out = attn + (p.row0 + p.first_sparse) * qkv;
-        MNEMO_RETURN_IF_ERROR(cuda::sparse_prefill_launch(sa, stream));
+        if (p.first_sparse == 0) continue;
+        cuda::DensePrefillParams pp;
+        pp.q = q + p.row0 * qkv;
+        pp.q_indptr = dm + off_pairs + 4 * b;
+        pp.q_index = positions + p.row0;
+        pp.batch = 1;
+        pp.max_q_per_seq = int(p.first_sparse);
+        pp.num_heads = int(heads);
+        pp.kv = kv;
+        pp.kv.block_tables = tables + b * stride;
+        pp.kv.kv_lens = dm + off_kv + b;
+        pp.kv.max_kv_len = p.pos0 + p.n;
+        pp.key_rope = rt;
+        pp.softmax_scale = softmax_scale;
+        pp.sliding_window = c.sliding_window;
+        pp.out = attn + p.row0 * qkv;
+        MNEMO_RETURN_IF_ERROR(cuda::dense_prefill_launch(pp, stream));
+      }
+
+      // Sparse queries: stage 1 + top-k per sequence, the selection to the host (one wait per layer),
+      // the selected blocks pinned, then stage 2.
+      if (sel_rows > 0) {
+        int32_t* d_ids = st.block_ids.as<int32_t>();
+        for (int64_t b = 0; b < num_items; ++b) {
+          const Plan& p = plans[b];
+          const int64_t m = p.n - p.first_sparse;
+          if (m == 0) continue;
+          const auto& r = *static_cast<const SeqRepr*>(items[p.item].seq->cuda_repr_.get());
+          cuda::BlockScoreCudaParams bs;
+          bs.q = (use_nope ? st.q_nope.as<bf16>() : q) + (p.row0 + p.first_sparse) * qkv;
+          bs.q_index = positions + p.row0 + p.first_sparse;
+          bs.num_q = int(m);
+          bs.num_heads = int(heads);
+          bs.num_kv_heads = kh;
+          bs.head_dim = di;
+          bs.keys = view(r.t1[l], di, sp.kernel_size, sp.kernel_stride);
+          if (approx) bs.lse_keys = view(r.t2[l], di, lse_kernel_size(sp), lse_kernel_stride(sp));
+          bs.block_size = sp.block_size;
+          bs.num_blocks = p.num_blocks;
+          bs.softmax_scale = softmax_scale;
+          bs.block_scores = st.scores.as<float>();
+          const cuda::BlockScorePlan plan =
+              cuda::plan_block_scores(int(m), int(heads), kh, bs.keys.num_compressed, st.num_sms);
+          bs.num_splits = plan.num_splits;
+          MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
+          MNEMO_RETURN_IF_ERROR(cuda::block_scores_launch(
+              bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, stream));
+          cuda::BlockTopkCudaParams tk;
+          tk.block_scores = st.scores.as<float>();
+          tk.q_index = bs.q_index;
+          tk.num_q = int(m);
+          tk.num_kv_heads = kh;
+          tk.num_blocks = p.num_blocks;
+          tk.sparse = sp;
+          tk.max_selected = max_sel;
+          tk.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
+          MNEMO_RETURN_IF_ERROR(cuda::select_topk_launch(tk, stream));
+        }
+        int32_t* h_ids = st.host_block_ids.as<int32_t>();
+        MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_ids, d_ids, sizeof(int32_t) * sel_rows * kv_heads * max_sel,
+                                                   cudaMemcpyDeviceToHost, stream));
+        MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+        for (int64_t b = 0; b < num_items; ++b) {
+          const Plan& p = plans[b];
+          const int64_t m = p.n - p.first_sparse;
+          if (m == 0) continue;
+          std::vector<char>& want = pinned[b];
+          ids.clear();
+          const int32_t* row = h_ids + p.sel_row0 * kv_heads * max_sel;
+          for (int64_t i = 0; i < m * kv_heads * max_sel; ++i) {
+            const int32_t blk = row[i];
+            if (blk < 0) continue;
+            if (blk >= p.num_blocks) return internal_error("CUDA top-k selected block ", blk, " of ", p.num_blocks);
+            if (!want[blk]) {
+              want[blk] = 1;
+              ids.push_back(blk);
+            }
+          }
+          if (ids.empty()) continue;
+          std::sort(ids.begin(), ids.end());
+          MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
+          int32_t* table = lm + off_tables + b * stride;
+          for (size_t i = 0; i < ids.size(); ++i) table[ids[i]] = slots[i];
+        }
+        // The tables again (the first upload is done: the stream was just synchronised).
+        MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ldm + off_tables, lm + off_tables, sizeof(int32_t) * num_items * stride,
+                                                   cudaMemcpyHostToDevice, stream));
+        if (group_count[1] > 0) {
+          cuda::SparseAttentionCudaParams sa;
+          sa.q = q + group_row0[1] * qkv;
+          sa.q_indptr = dm + off_iota;
+          sa.q_index = positions + group_row0[1];
+          sa.batch = int(group_count[1]);
+          sa.total_q = int(group_count[1]);
+          sa.max_q_per_seq = 1;
+          sa.num_heads = int(heads);
+          sa.kv = kv;
+          sa.kv.block_tables = tables + group_count[0] * stride;
+          sa.kv.kv_lens = dm + off_kv + group_count[0];
+          sa.kv.max_kv_len = max_kv[1];
+          sa.key_rope = rt;
+          sa.softmax_scale = softmax_scale;
+          sa.block_ids = d_ids + plans[group_count[0]].sel_row0 * kv_heads * max_sel;
+          sa.max_selected = max_sel;
+          sa.num_splits = sdec_plan.num_splits;
+          sa.out = attn + group_row0[1] * qkv;
+          MNEMO_RETURN_IF_ERROR(cuda::sparse_decode_launch(sa, attn_workspace, stream));
+        }
+        for (int64_t b = first_pre + group_count[2]; b < num_items; ++b) {  // group 3: sparse part
+          const Plan& p = plans[b];
+          const int64_t m = p.n - p.first_sparse;
+          cuda::SparseAttentionCudaParams sa;
+          sa.q = q + (p.row0 + p.first_sparse) * qkv;
+          sa.q_indptr = dm + off_pairs + 4 * b + 2;
+          sa.q_index = positions + p.row0 + p.first_sparse;
+          sa.batch = 1;
+          sa.total_q = int(m);
+          sa.max_q_per_seq = int(m);
+          sa.num_heads = int(heads);
+          sa.kv = kv;
+          sa.kv.block_tables = tables + b * stride;
+          sa.kv.kv_lens = dm + off_kv + b;
+          sa.kv.max_kv_len = p.pos0 + p.n;
+          sa.key_rope = rt;
+          sa.softmax_scale = softmax_scale;
+          sa.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
+          sa.max_selected = max_sel;
+          sa.out = attn + (p.row0 + p.first_sparse) * qkv;
+          MNEMO_RETURN_IF_ERROR(cuda::sparse_prefill_launch(sa, stream));
+        }
       }
     }
     // The layer's kernels are queued; the store orders any later load into these slots after them.
@@ -925,6 +1189,121 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   for (const Plan& p : plans) {
     MNEMO_RETURN_IF_ERROR(store_->commit(items[p.item].seq->id_, p.pos0 + p.n));
     items[p.item].seq->length_ = p.pos0 + p.n;
+  }
+  return Status::Ok();
+}
+
+Status LlamaModel::fill_synthetic_kv_cuda(Sequence& seq, int64_t tokens, uint64_t seed) {
+  CudaForwardState& st = state_of(*cuda_);
+  const ModelConfig& c = config_;
+  const int64_t kv_heads = c.num_key_value_heads, d = c.head_dim, bt = options_.block_tokens;
+  const int kh = int(kv_heads), di = int(d);
+  const bool sparse = sparse_.has_value();
+  const SparseParams sp = sparse ? to_sparse_params(*sparse_) : SparseParams{};
+  const bool approx = sparse && options_.approximate_selection_lse;
+  cudaStream_t stream = st.stream;
+  MNEMO_CUDA_RETURN_IF_ERROR(cudaSetDevice(st.device));
+  const auto* arena = static_cast<const bf16*>(store_->gpu_arena_data());
+  const int64_t num_slots = store_->metrics().gpu_slots_total;
+  std::vector<int64_t> ids;
+  std::vector<int32_t> slots;
+  for (int64_t done = 0; done < tokens;) {
+    const int64_t pos0 = seq.length_, m = std::min<int64_t>(options_.chunk_tokens, tokens - done);
+    const int64_t new_len = pos0 + m, num_blocks = (new_len + bt - 1) / bt;
+    MNEMO_ASSIGN_OR_RETURN(Rope rope, make_rope(c, new_len));
+    MNEMO_RETURN_IF_ERROR(ensure_rope_table(st, rope, new_len, d));
+    MNEMO_RETURN_IF_ERROR(store_->reserve(seq.id_, new_len));
+    auto fail = [&](Status s) {
+      store_->release_all();
+      store_->reserve(seq.id_, seq.length_).permit_unchecked();
+      return s;
+    };
+    int64_t repr_from = new_len;
+    if (sparse) {
+      if (!seq.cuda_repr_) {
+        auto r = std::make_shared<SeqRepr>();
+        r->stream = stream;
+        r->t1.resize(static_cast<size_t>(c.num_hidden_layers));
+        if (approx) r->t2.resize(static_cast<size_t>(c.num_hidden_layers));
+        seq.cuda_repr_ = std::move(r);
+      }
+      auto& r = *static_cast<SeqRepr*>(seq.cuda_repr_.get());
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        Status s = grow_tier(r.t1[l], num_windows(new_len, sp.kernel_size, sp.kernel_stride), kh, di, stream);
+        if (s.ok() && approx) s = grow_tier(r.t2[l], num_windows(new_len, lse_kernel_size(sp), lse_kernel_stride(sp)), kh, di, stream);
+        if (!s.ok()) return fail(s);
+        repr_from = std::min(repr_from, r.t1[l].num_compressed * sp.kernel_stride);
+        if (approx) repr_from = std::min(repr_from, r.t2[l].num_compressed * lse_kernel_stride(sp));
+      }
+    }
+    const int64_t first_block = std::min(repr_from, pos0) / bt;
+    Status s = st.k.reserve(2 * m * kv_heads * d, "synthetic K");
+    if (s.ok()) s = st.v.reserve(2 * m * kv_heads * d, "synthetic V");
+    if (s.ok()) s = st.host_meta.reserve(sizeof(int32_t) * (m + num_blocks) * c.num_hidden_layers, stream, "metadata");
+    if (s.ok()) s = st.meta.reserve(sizeof(int32_t) * (m + num_blocks) * c.num_hidden_layers, "metadata");
+    if (!s.ok()) return fail(s);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      ids.clear();
+      for (int64_t b = first_block; b < num_blocks; ++b) ids.push_back(b);
+      s = store_->acquire(seq.id_, int(l), ids, &slots);
+      if (!s.ok()) return fail(s);
+      int32_t* hm = st.host_meta.as<int32_t>() + l * (m + num_blocks);
+      int32_t* dm = st.meta.as<int32_t>() + l * (m + num_blocks);
+      int32_t* table = hm + m;
+      for (int64_t b = 0; b < num_blocks; ++b) table[b] = b < first_block ? slots[0] : slots[b - first_block];
+      for (int64_t t = 0; t < m; ++t) hm[t] = int32_t(table[(pos0 + t) / bt] * bt + (pos0 + t) % bt);
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(dm, hm, sizeof(int32_t) * (m + num_blocks), cudaMemcpyHostToDevice, stream));
+      const uint64_t layer_seed = seed ^ (static_cast<uint64_t>(l) << 48) ^ (static_cast<uint64_t>(pos0) << 1);
+      s = cuda::fill_normal_bf16_launch(st.k.as<bf16>(), m * kv_heads * d, layer_seed, 1.0f, stream);
+      if (s.ok()) s = cuda::fill_normal_bf16_launch(st.v.as<bf16>(), m * kv_heads * d, ~layer_seed, 1.0f, stream);
+      cuda::KvAppendParams ka;
+      ka.k = st.k.as<bf16>();
+      ka.v = st.v.as<bf16>();
+      ka.slot_mapping = dm;
+      ka.arena = const_cast<bf16*>(arena);
+      ka.n = m;
+      ka.num_slots = num_slots;
+      ka.num_kv_heads = kh;
+      ka.block_tokens = int(bt);
+      ka.head_dim = di;
+      if (s.ok()) s = cuda::kv_append_launch(ka, stream);
+      if (s.ok() && sparse) {
+        auto& r = *static_cast<SeqRepr*>(seq.cuda_repr_.get());
+        for (int tier = 0; tier < (approx ? 2 : 1) && s.ok(); ++tier) {
+          SeqRepr::Tier& t = tier == 0 ? r.t1[l] : r.t2[l];
+          const int kernel = tier == 0 ? sp.kernel_size : lse_kernel_size(sp);
+          const int kstride = tier == 0 ? sp.kernel_stride : lse_kernel_stride(sp);
+          cuda::CompressKeysCudaParams cp;
+          cp.kv.arena = arena;
+          cp.kv.num_kv_heads = kh;
+          cp.kv.block_tokens = int(bt);
+          cp.kv.head_dim = di;
+          cp.kv.block_tables = dm + m;
+          if (!sp.use_nope) {
+            cp.key_rope.cos = st.rope_cos.as<float>();
+            cp.key_rope.sin = st.rope_sin.as<float>();
+            cp.key_rope.len = st.rope_len;
+          }
+          cp.kernel_size = kernel;
+          cp.kernel_stride = kstride;
+          cp.first_window = t.num_compressed;
+          cp.num_windows = num_windows(new_len, kernel, kstride) - t.num_compressed;
+          cp.out = t.keys;
+          cp.head_stride = t.capacity * d;
+          s = cuda::compress_keys_launch(cp, stream);
+          if (s.ok()) t.num_compressed += cp.num_windows;
+        }
+      }
+      if (!s.ok()) return fail(s);
+      store_->release_all();
+    }
+    // The staging buffer is rewritten by the next chunk: its uploads must be done.
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    s = store_->commit(seq.id_, new_len);
+    if (!s.ok()) return fail(s);
+    seq.length_ = new_len;
+    done += m;
   }
   return Status::Ok();
 }

@@ -3,12 +3,15 @@
 # with --device cuda, and the end-to-end runtime bench on the GPU. It builds nothing: here,
 #   DEST=.devpack bash scripts/devpack.sh mnemo cuda_model_test cuda_store_test runtime_bench
 # then  run(carry: [".devcarry"], command: "bash bench/model/run.sh").
-# Steps (MNEMO_STEPS, comma-separated; default all): test sanitize cli bench. Files land in $OUT.
+# Steps (MNEMO_STEPS, comma-separated; default all): test sanitize cli bench long. Files land in $OUT.
+#   long: model_bench on the MiniCPM4-8B shape (random weights, bench/model/minicpm4_8b.json), decode at
+#   128K and 1M synthetic context, everything resident vs a 4 GiB GPU KV budget (issue #5's target:
+#   budgeted >= 0.75x resident tokens/s). MNEMO_CONTEXTS overrides "131072 1048576".
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mnemo-out}
 mkdir -p "$OUT"
-STEPS=${MNEMO_STEPS:-test,sanitize,cli,bench}
+STEPS=${MNEMO_STEPS:-test,sanitize,cli,bench,long}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 PACK=$PWD/${PACK:-.devpack}
 if [ ! -d "$PACK" ] && [ -f .devcarry/pack.tar.xz ]; then mkdir -p "$PACK" && tar -C "$PACK" -xJf .devcarry/pack.tar.xz; fi
@@ -68,4 +71,31 @@ if has bench; then
     --json "$OUT/runtime_cuda.json" > "$OUT/runtime_cuda.log" 2>&1
   echo "== runtime_bench --device cuda rc=$?"
   tail -n 20 "$OUT/runtime_cuda.log"
+fi
+
+if has long; then
+  : > "$OUT/long.jsonl"
+  for ctx in ${MNEMO_CONTEXTS:-131072 1048576}; do
+    for budget in 0 4; do
+      label="ctx${ctx}_$([ "$budget" = 0 ] && echo resident || echo ${budget}gib)"
+      with_libs timeout 280 "$BIN/model_bench" --config bench/model/minicpm4_8b.json --device cuda --context "$ctx" \
+        --decode ${MNEMO_DECODE:-24} --kv-budget-gib "$budget" --label "$label" --json "$OUT/$label.json" \
+        > "$OUT/$label.log" 2>&1
+      echo "== $label rc=$?"; tail -n 3 "$OUT/$label.log" | cut -c1-400
+      [ -f "$OUT/$label.json" ] && cat "$OUT/$label.json" >> "$OUT/long.jsonl"
+    done
+  done
+  python3 - "$OUT/long.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {r["label"]: r for r in rows}
+print("| context | GPU KV | decode ms/token (median) | tok/s | vs resident | GPU hit rate | host hits | MB host->GPU per token |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    res = by.get(r["label"].split("_")[0] + "_resident")
+    ratio = r["decode_tok_s"] / res["decode_tok_s"] if res else float("nan")
+    print("| %d | %s | %.2f | %.1f | %.2fx | %.3f | %d | %.1f |" % (r["context"], "%.2f GiB" % r["kv_budget_gib"],
+          r["decode_ms_median"], r["decode_tok_s"], ratio, r["gpu_hit_rate"], r["host_hits"],
+          r["bytes_host_to_gpu"] / 1e6 / max(1, len(r["tokens"]))))
+PY
 fi

@@ -104,7 +104,32 @@ __global__ void rope_table_kernel(const RopeTableParams p) {
   p.sin[idx] = static_cast<float>(s * p.scale);
 }
 
+__device__ __forceinline__ uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+__global__ void fill_normal_bf16_kernel(bf16* out, int64_t n, uint64_t seed, float std) {
+  const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
+  const float u1 = (static_cast<float>(r >> 40) + 1.0f) * (1.0f / 16777217.0f);  // (0, 1]
+  const float u2 = static_cast<float>((r >> 16) & 0xffffffu) * (1.0f / 16777216.0f);
+  out[i] = __float2bfloat16_rn(std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+}
+
 }  // namespace
+
+Status fill_normal_bf16_launch(bf16* out, int64_t n, uint64_t seed, float std, cudaStream_t stream) {
+  if (!out) return invalid_argument("fill_normal_bf16: out must be set");
+  if (n < 0) return invalid_argument("fill_normal_bf16: n: expected >= 0, got ", n);
+  if (n == 0) return Status::Ok();
+  fill_normal_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, n, seed, std);
+  MNEMO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::Ok();
+}
 
 Status embed_f32_launch(const EmbedF32Params& p, cudaStream_t stream) {
   if (!p.table || !p.ids || !p.out) return invalid_argument("embed_f32: table, ids and out must be set");

@@ -182,4 +182,7 @@ struct RopeTableParams {
 };
 Status rope_table_launch(const RopeTableParams& p, cudaStream_t stream);
 
+// out[i] = bf16(normal(0, std)) from a counter-based hash of (seed, i): synthetic K/V for benchmarks.
+Status fill_normal_bf16_launch(bf16* out, int64_t n, uint64_t seed, float std, cudaStream_t stream);
+
 }  // namespace mnemo::cuda
