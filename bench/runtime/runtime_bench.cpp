@@ -43,6 +43,9 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string model = "models/tiny";
   std::string device = "cpu";     // cpu or cuda[:N]
+  std::string positions = "exact";  // exact or bounded (an ingest past max_position_embeddings)
+  std::string sparse_config;      // --sparse-config FILE.json (InfLLM-V2 for the bundled model)
+  bool ttft_only = false;         // skip the decode phase (a 1M-token ingest run)
   int runs = 2;
   int64_t decode_tokens = 32;     // N for 1 and 8 sessions
   int64_t decode_tokens_64 = 16;  // N for 64 sessions
@@ -100,6 +103,8 @@ std::unique_ptr<Runtime> open_runtime(const Options& o, int64_t chunk_tokens, in
   RuntimeOptions ro;
   ro.model_dir = o.model;
   ro.device = parse_device(o.device).value();
+  ro.positions = o.positions == "bounded" ? PositionPolicy::kBounded : PositionPolicy::kExact;
+  ro.sparse_config_path = o.sparse_config;
   ro.chunk_tokens = chunk_tokens;
   ro.max_batch_tokens = max_batch_tokens;
   return take(Runtime::open(ro), "Runtime::open");
@@ -261,6 +266,9 @@ Options parse(int argc, char** argv) {
     if (i + 1 >= argc) die("missing value for " + k);
     const std::string v = argv[i + 1];
     if (k == "--model") o.model = v;
+    else if (k == "--positions") { o.positions = v; if (v != "exact" && v != "bounded") die("--positions: exact or bounded"); }
+    else if (k == "--sparse-config") o.sparse_config = v;
+    else if (k == "--ttft-only") o.ttft_only = v == "1";
     else if (k == "--device") { o.device = v; if (!parse_device(v).ok()) die("--device: expected cpu or cuda[:N]"); }
     else if (k == "--runs") o.runs = std::stoi(v);
     else if (k == "--decode-tokens") o.decode_tokens = std::stoll(v);
@@ -312,7 +320,9 @@ int main(int argc, char** argv) {
       ingest.push_back(prompt_ids(tok, "Document " + std::to_string(i) + ". " + book, o.ingest_tokens));
     }
   }
-  if (o.ingest_tokens > max_positions) die("--ingest-tokens exceeds max_position_embeddings");
+  if (o.ingest_tokens > max_positions && o.positions != "bounded") {
+    die("--ingest-tokens exceeds max_position_embeddings (use --positions bounded)");
+  }
   std::printf("runtime_bench: model %s, %u hardware threads, load %s, %d run(s)\n", o.model.c_str(),
               std::thread::hardware_concurrency(), load_start.c_str(), o.runs);
   std::fflush(stdout);
@@ -323,7 +333,7 @@ int main(int argc, char** argv) {
   std::vector<std::vector<DecodeRun>> decode(counts.size());  // [config][run]
   std::vector<bool> check_pass;
   std::vector<std::string> check_detail;
-  for (int run = 0; run < o.runs; ++run) {
+  for (int run = 0; run < (o.ttft_only ? 0 : o.runs); ++run) {
     // Single sessions: prompts 0..7 one at a time (the 1-session samples and the check's reference).
     std::vector<std::vector<int32_t>> alone_out;
     std::vector<DecodeRun> singles;
@@ -380,13 +390,15 @@ int main(int argc, char** argv) {
 
   // JSON: every sample, plus the medians over runs that the table shows.
   if (FILE* f = std::fopen(o.json.c_str(), "w")) {
-    std::fprintf(f, "{\"bench\": \"runtime\", \"backend\": \"cpu\", \"model\": \"%s\", \"runs\": %d, "
+    std::fprintf(f, "{\"bench\": \"runtime\", \"backend\": \"%s\", \"positions\": \"%s\", \"sparse_config\": \"%s\", "
+                    "\"model\": \"%s\", \"runs\": %d, "
                     "\"hardware_threads\": %u, \"loadavg_start\": \"%s\", \"loadavg_end\": \"%s\", "
                     "\"total_seconds\": %.2f, \"decode_phase_seconds\": %.2f, \"ttft_phase_seconds\": %.2f, "
                     "\"prompt_tokens\": %lld,\n \"decode\": [",
-                 o.model.c_str(), o.runs, std::thread::hardware_concurrency(), load_start.c_str(), load_end.c_str(),
+                 o.device.c_str(), o.positions.c_str(), o.sparse_config.c_str(), o.model.c_str(), o.runs,
+                 std::thread::hardware_concurrency(), load_start.c_str(), load_end.c_str(),
                  total_seconds, decode_phase_seconds, ttft_phase_seconds, static_cast<long long>(o.prompt_tokens));
-    for (size_t c = 0; c < counts.size(); ++c) {
+    for (size_t c = 0; c < (o.ttft_only ? 0 : counts.size()); ++c) {
       std::vector<double> agg, per, secs, model;
       for (const DecodeRun& d : decode[c]) {
         agg.push_back(d.aggregate_tps);
@@ -435,10 +447,10 @@ int main(int argc, char** argv) {
   }
 
   // The short table, last.
-  std::printf("\nmnemo runtime bench, CPU backend, %s, median of %d run(s), %.0f s, load %s -> %s\n", o.model.c_str(),
-              o.runs, total_seconds, load_start.c_str(), load_end.c_str());
+  std::printf("\nmnemo runtime bench, %s backend, %s positions, %s, median of %d run(s), %.0f s, load %s -> %s\n",
+              o.device.c_str(), o.positions.c_str(), o.model.c_str(), o.runs, total_seconds, load_start.c_str(), load_end.c_str());
   std::printf("| decode | sessions | new tokens each | aggregate tok/s | per-session tok/s |\n|---|---|---|---|---|\n");
-  for (size_t c = 0; c < counts.size(); ++c) {
+  for (size_t c = 0; c < (o.ttft_only ? 0 : counts.size()); ++c) {
     std::vector<double> agg, per;
     for (const DecodeRun& d : decode[c]) {
       agg.push_back(d.aggregate_tps);
