@@ -296,6 +296,66 @@ cuda::CompressedKeysBf16 view(const SeqRepr::Tier& t, int d, int kernel, int str
   return v;
 }
 
+// Compresses the windows of layer `l` that the first `tokens` tokens complete (both tiers), reading
+// keys through `kv` (one sequence's block table); rope null: keys as stored.
+Status compress_new_windows(SeqRepr& r, int64_t l, const cuda::PagedKvBf16& kv, const cuda::RopeTableView* rope,
+                            const SparseParams& sp, bool approx, int64_t tokens, cudaStream_t stream) {
+  for (int tier = 0; tier < (approx ? 2 : 1); ++tier) {
+    SeqRepr::Tier& t = tier == 0 ? r.t1[l] : r.t2[l];
+    cuda::CompressKeysCudaParams cp;
+    cp.kv = kv;
+    if (rope) cp.key_rope = *rope;
+    cp.kernel_size = tier == 0 ? sp.kernel_size : lse_kernel_size(sp);
+    cp.kernel_stride = tier == 0 ? sp.kernel_stride : lse_kernel_stride(sp);
+    cp.first_window = t.num_compressed;
+    cp.num_windows = num_windows(tokens, cp.kernel_size, cp.kernel_stride) - t.num_compressed;
+    cp.out = t.keys;
+    cp.head_stride = t.capacity * kv.head_dim;
+    MNEMO_RETURN_IF_ERROR(cuda::compress_keys_launch(cp, stream));
+    t.num_compressed += cp.num_windows;
+  }
+  return Status::Ok();
+}
+
+// Stage 1 + top-k for `m` queries of one sequence in layer `l`: block ids [m, kv heads, max_sel].
+struct Selection {
+  const bf16* q = nullptr;            // [m, heads, head_dim]: rotated, or un-rotated (use_nope, bounded)
+  const int32_t* q_index = nullptr;   // [m] stream index (device)
+  int64_t m = 0, num_blocks = 0;
+  int32_t* block_ids = nullptr;       // device
+};
+Status launch_selection(CudaForwardState& st, const SeqRepr& r, int64_t l, const Selection& sel, const SparseParams& sp,
+                        bool approx, int heads, int kv_heads, int d, float softmax_scale, int max_sel) {
+  cuda::BlockScoreCudaParams bs;
+  bs.q = sel.q;
+  bs.q_index = sel.q_index;
+  bs.num_q = int(sel.m);
+  bs.num_heads = heads;
+  bs.num_kv_heads = kv_heads;
+  bs.head_dim = d;
+  bs.keys = view(r.t1[l], d, sp.kernel_size, sp.kernel_stride);
+  if (approx) bs.lse_keys = view(r.t2[l], d, lse_kernel_size(sp), lse_kernel_stride(sp));
+  bs.block_size = sp.block_size;
+  bs.num_blocks = sel.num_blocks;
+  bs.softmax_scale = softmax_scale;
+  bs.block_scores = st.scores.as<float>();
+  const cuda::BlockScorePlan plan = cuda::plan_block_scores(int(sel.m), heads, kv_heads, bs.keys.num_compressed, st.num_sms);
+  bs.num_splits = plan.num_splits;
+  MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
+  MNEMO_RETURN_IF_ERROR(
+      cuda::block_scores_launch(bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, st.stream));
+  cuda::BlockTopkCudaParams tk;
+  tk.block_scores = st.scores.as<float>();
+  tk.q_index = sel.q_index;
+  tk.num_q = int(sel.m);
+  tk.num_kv_heads = kv_heads;
+  tk.num_blocks = sel.num_blocks;
+  tk.sparse = sp;
+  tk.max_selected = max_sel;
+  tk.block_ids = sel.block_ids;
+  return cuda::select_topk_launch(tk, st.stream);
+}
+
 // The device RoPE table for `rope`, covering positions [0, max_len) (rebuilt when a length-dependent
 // rope changes, grown by doubling).
 Status ensure_rope_table(CudaForwardState& st, const Rope& rope, int64_t max_len, int64_t d) {
@@ -734,24 +794,10 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
         const Plan& p = plans[b];
         auto& r = *static_cast<SeqRepr*>(items[p.item].seq->cuda_repr_.get());
         const int64_t new_len = p.pos0 + p.n;
-        for (int tier = 0; tier < (approx ? 2 : 1); ++tier) {
-          SeqRepr::Tier& t = tier == 0 ? r.t1[l] : r.t2[l];
-          const int kernel = tier == 0 ? sp.kernel_size : lse_kernel_size(sp);
-          const int kstride = tier == 0 ? sp.kernel_stride : lse_kernel_stride(sp);
-          const int64_t total_windows = num_windows(new_len, kernel, kstride);
-          cuda::CompressKeysCudaParams cp;
-          cp.kv = kv;
-          cp.kv.block_tables = tables + b * stride;
-          if (!sp.use_nope && !bounded) cp.key_rope = rt;
-          cp.kernel_size = kernel;
-          cp.kernel_stride = kstride;
-          cp.first_window = t.num_compressed;
-          cp.num_windows = total_windows - t.num_compressed;
-          cp.out = t.keys;
-          cp.head_stride = t.capacity * d;
-          MNEMO_RETURN_IF_ERROR(cuda::compress_keys_launch(cp, stream));
-          t.num_compressed = total_windows;
-        }
+        cuda::PagedKvBf16 ikv = kv;
+        ikv.block_tables = tables + b * stride;
+        const bool rotated = !sp.use_nope && !bounded;
+        MNEMO_RETURN_IF_ERROR(compress_new_windows(r, l, ikv, rotated ? &rt : nullptr, sp, approx, new_len, stream));
       }
     }
     if (bounded) {
@@ -830,36 +876,9 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
         ids.clear();
         if (p.sparse_memory) {
           const auto& r = *static_cast<const SeqRepr*>(items[p.item].seq->cuda_repr_.get());
-          cuda::BlockScoreCudaParams bs;
-          bs.q = q_raw + r0 * qkv;
-          bs.q_index = positions + r0;
-          bs.num_q = int(m);
-          bs.num_heads = int(heads);
-          bs.num_kv_heads = kh;
-          bs.head_dim = di;
-          bs.keys = view(r.t1[l], di, sp.kernel_size, sp.kernel_stride);
-          if (approx) bs.lse_keys = view(r.t2[l], di, lse_kernel_size(sp), lse_kernel_stride(sp));
-          bs.block_size = sp.block_size;
-          bs.num_blocks = p.num_blocks;
-          bs.softmax_scale = softmax_scale;
-          bs.block_scores = st.scores.as<float>();
-          const cuda::BlockScorePlan plan =
-              cuda::plan_block_scores(int(m), int(heads), kh, bs.keys.num_compressed, st.num_sms);
-          bs.num_splits = plan.num_splits;
-          MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
-          MNEMO_RETURN_IF_ERROR(cuda::block_scores_launch(
-              bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, stream));
-          cuda::BlockTopkCudaParams tk;
-          tk.block_scores = st.scores.as<float>();
-          tk.q_index = bs.q_index;
-          tk.num_q = int(m);
-          tk.num_kv_heads = kh;
-          tk.num_blocks = p.num_blocks;
-          tk.sparse = sp;
-          tk.max_selected = max_sel;
           int32_t* item_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
-          tk.block_ids = item_ids;
-          MNEMO_RETURN_IF_ERROR(cuda::select_topk_launch(tk, stream));
+          MNEMO_RETURN_IF_ERROR(launch_selection(st, r, l, {q_raw + r0 * qkv, positions + r0, m, p.num_blocks, item_ids},
+                                                 sp, approx, int(heads), kh, di, softmax_scale, max_sel));
           // Keep the selected blocks that start in the memory range (the local partial has the rest).
           int32_t* h_ids = st.host_block_ids.as<int32_t>() + p.sel_row0 * kv_heads * max_sel;
           const size_t id_bytes = sizeof(int32_t) * m * kv_heads * max_sel;
@@ -1028,35 +1047,10 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
           const int64_t m = p.n - p.first_sparse;
           if (m == 0) continue;
           const auto& r = *static_cast<const SeqRepr*>(items[p.item].seq->cuda_repr_.get());
-          cuda::BlockScoreCudaParams bs;
-          bs.q = (use_nope ? st.q_nope.as<bf16>() : q) + (p.row0 + p.first_sparse) * qkv;
-          bs.q_index = positions + p.row0 + p.first_sparse;
-          bs.num_q = int(m);
-          bs.num_heads = int(heads);
-          bs.num_kv_heads = kh;
-          bs.head_dim = di;
-          bs.keys = view(r.t1[l], di, sp.kernel_size, sp.kernel_stride);
-          if (approx) bs.lse_keys = view(r.t2[l], di, lse_kernel_size(sp), lse_kernel_stride(sp));
-          bs.block_size = sp.block_size;
-          bs.num_blocks = p.num_blocks;
-          bs.softmax_scale = softmax_scale;
-          bs.block_scores = st.scores.as<float>();
-          const cuda::BlockScorePlan plan =
-              cuda::plan_block_scores(int(m), int(heads), kh, bs.keys.num_compressed, st.num_sms);
-          bs.num_splits = plan.num_splits;
-          MNEMO_RETURN_IF_ERROR(st.score_workspace.reserve(std::max<size_t>(plan.workspace_bytes, 256), "block scores"));
-          MNEMO_RETURN_IF_ERROR(cuda::block_scores_launch(
-              bs, Workspace{st.score_workspace.as<void>(), st.score_workspace.bytes()}, stream));
-          cuda::BlockTopkCudaParams tk;
-          tk.block_scores = st.scores.as<float>();
-          tk.q_index = bs.q_index;
-          tk.num_q = int(m);
-          tk.num_kv_heads = kh;
-          tk.num_blocks = p.num_blocks;
-          tk.sparse = sp;
-          tk.max_selected = max_sel;
-          tk.block_ids = d_ids + p.sel_row0 * kv_heads * max_sel;
-          MNEMO_RETURN_IF_ERROR(cuda::select_topk_launch(tk, stream));
+          const Selection sel{(use_nope ? st.q_nope.as<bf16>() : q) + (p.row0 + p.first_sparse) * qkv,
+                              positions + p.row0 + p.first_sparse, m, p.num_blocks,
+                              d_ids + p.sel_row0 * kv_heads * max_sel};
+          MNEMO_RETURN_IF_ERROR(launch_selection(st, r, l, sel, sp, approx, int(heads), kh, di, softmax_scale, max_sel));
         }
         int32_t* h_ids = st.host_block_ids.as<int32_t>();
         MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_ids, d_ids, sizeof(int32_t) * sel_rows * kv_heads * max_sel,
@@ -1270,30 +1264,19 @@ Status LlamaModel::fill_synthetic_kv_cuda(Sequence& seq, int64_t tokens, uint64_
       if (s.ok()) s = cuda::kv_append_launch(ka, stream);
       if (s.ok() && sparse) {
         auto& r = *static_cast<SeqRepr*>(seq.cuda_repr_.get());
-        for (int tier = 0; tier < (approx ? 2 : 1) && s.ok(); ++tier) {
-          SeqRepr::Tier& t = tier == 0 ? r.t1[l] : r.t2[l];
-          const int kernel = tier == 0 ? sp.kernel_size : lse_kernel_size(sp);
-          const int kstride = tier == 0 ? sp.kernel_stride : lse_kernel_stride(sp);
-          cuda::CompressKeysCudaParams cp;
-          cp.kv.arena = arena;
-          cp.kv.num_kv_heads = kh;
-          cp.kv.block_tokens = int(bt);
-          cp.kv.head_dim = di;
-          cp.kv.block_tables = dm + m;
-          if (!sp.use_nope) {
-            cp.key_rope.cos = st.rope_cos.as<float>();
-            cp.key_rope.sin = st.rope_sin.as<float>();
-            cp.key_rope.len = st.rope_len;
-          }
-          cp.kernel_size = kernel;
-          cp.kernel_stride = kstride;
-          cp.first_window = t.num_compressed;
-          cp.num_windows = num_windows(new_len, kernel, kstride) - t.num_compressed;
-          cp.out = t.keys;
-          cp.head_stride = t.capacity * d;
-          s = cuda::compress_keys_launch(cp, stream);
-          if (s.ok()) t.num_compressed += cp.num_windows;
-        }
+        cuda::PagedKvBf16 fkv;
+        fkv.arena = arena;
+        fkv.num_kv_heads = kh;
+        fkv.block_tokens = int(bt);
+        fkv.head_dim = di;
+        fkv.block_tables = dm + m;
+        cuda::RopeTableView rope_view;
+        rope_view.cos = st.rope_cos.as<float>();
+        rope_view.sin = st.rope_sin.as<float>();
+        rope_view.len = st.rope_len;
+        // Rotated at their index, unless stage 1 compares un-rotated keys (use_nope, bounded positions).
+        const bool rotated = !sp.use_nope && options_.positions != PositionPolicy::kBounded;
+        s = compress_new_windows(r, l, fkv, rotated ? &rope_view : nullptr, sp, approx, new_len, stream);
       }
       if (!s.ok()) return fail(s);
       store_->release_all();

@@ -14,13 +14,13 @@
 #include "core/device.h"
 #include "core/file.h"
 #include "model/llama.h"
+#include "tests/model/fixture_util.h"
 #include "model/rope_scaling.h"
 #include "tests/model/model_test_util.h"
 
 namespace mnemo {
 namespace {
 
-namespace fs = std::filesystem;
 constexpr double kBf16RelTol = 1e-2;
 const char* kFixtureRoot = "tests/data/fixtures";
 
@@ -29,38 +29,11 @@ const char* kFixtureRoot = "tests/data/fixtures";
     if (cuda_device_count() == 0) GTEST_SKIP() << cuda_unavailable_reason();     \
   } while (0)
 
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  if (!fs::is_directory(kFixtureRoot)) return names;
-  for (const auto& e : fs::directory_iterator(kFixtureRoot)) {
-    if (fs::exists(e.path() / "cases.json")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> fixture_names() { return testing_util::fixture_names(kFixtureRoot); }
 
-struct FixtureCase {
-  std::vector<int32_t> tokens;
-  Tensor logits;  // transformers', [T, vocab]
-};
+using testing_util::FixtureCase;
+using testing_util::load_cases;
 
-std::vector<FixtureCase> load_cases(const std::string& dir) {
-  std::vector<FixtureCase> out;
-  Result<std::string> text = read_text_file(dir + "/cases.json");
-  EXPECT_TRUE(text.ok()) << text.status().to_string();
-  if (!text.ok()) return out;
-  boost::json::value root = boost::json::parse(*text);
-  for (const auto& c : root.at("cases").as_array()) {
-    FixtureCase fc;
-    for (const auto& t : c.at("tokens").as_array()) fc.tokens.push_back(static_cast<int32_t>(t.to_number<int64_t>()));
-    Result<Tensor> logits = read_npy(dir + "/" + std::string(c.at("logits").as_string()));
-    EXPECT_TRUE(logits.ok()) << logits.status().to_string();
-    if (!logits.ok()) continue;
-    fc.logits = std::move(*logits);
-    out.push_back(std::move(fc));
-  }
-  return out;
-}
 
 // Worst row of max |got − want| / max |want|; infinity on NaN.
 double worst_row_error(const Tensor& got, const Tensor& want) {
@@ -263,8 +236,9 @@ SparseConfig small_sparse(int topk) {
   return s;
 }
 
-// Prefill in chunks of 300 (one straddles dense_len), then 40 decode steps; logits of every step.
-std::vector<Tensor> sparse_run(LlamaModel& m, const std::vector<int32_t>& tokens, int64_t prompt) {
+// Prefill in chunks of 300 (one straddles dense_len or the bounded window), then one token at a time
+// to the end; logits of every step.
+std::vector<Tensor> chunks_then_decode(LlamaModel& m, const std::vector<int32_t>& tokens, int64_t prompt) {
   std::vector<Tensor> out;
   auto seq = m.new_sequence();
   EXPECT_TRUE(seq.ok());
@@ -291,7 +265,7 @@ TEST(CudaSparseModel, SelectingEveryBlockEqualsDense) {
   auto dense = load(kTinyModel, cuda_options());
   ASSERT_TRUE(sparse && dense);
   const std::vector<int32_t> tokens = testing_util::random_tokens(1240, 21, 4096);
-  const auto got = sparse_run(*sparse, tokens, 1200), want = sparse_run(*dense, tokens, 1200);
+  const auto got = chunks_then_decode(*sparse, tokens, 1200), want = chunks_then_decode(*dense, tokens, 1200);
   ASSERT_EQ(got.size(), want.size());
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, worst_row_error(got[i], want[i]));
@@ -307,7 +281,7 @@ TEST(CudaSparseModel, MatchesCpuSparse) {
   auto cpu = load(kTinyModel, cpu_options);
   ASSERT_TRUE(gpu && cpu);
   const std::vector<int32_t> tokens = testing_util::random_tokens(1240, 22, 4096);
-  const auto got = sparse_run(*gpu, tokens, 1200), want = sparse_run(*cpu, tokens, 1200);
+  const auto got = chunks_then_decode(*gpu, tokens, 1200), want = chunks_then_decode(*cpu, tokens, 1200);
   ASSERT_EQ(got.size(), want.size());
   double worst = 0;
   int over = 0;
@@ -364,25 +338,6 @@ namespace {
 
 // The bounded policy on the GPU (local window + memory partial, merged by LSE) against the CPU's:
 // dense memory and sparse memory, prefill chunks across the window boundary, then decode.
-std::vector<Tensor> bounded_run(LlamaModel& m, const std::vector<int32_t>& tokens, int64_t prompt) {
-  std::vector<Tensor> out;
-  auto seq = m.new_sequence();
-  EXPECT_TRUE(seq.ok());
-  for (int64_t t = 0; t < prompt; t += 300) {
-    Tensor l;
-    const Status s = m.forward(**seq, std::span(tokens).subspan(t, std::min<int64_t>(300, prompt - t)), &l, true);
-    EXPECT_TRUE(s.ok()) << s.to_string();
-    out.push_back(std::move(l));
-  }
-  for (int64_t t = prompt; t < static_cast<int64_t>(tokens.size()); ++t) {
-    Tensor l;
-    const Status s = m.forward(**seq, std::span(tokens).subspan(t, 1), &l);
-    EXPECT_TRUE(s.ok()) << s.to_string();
-    out.push_back(std::move(l));
-  }
-  return out;
-}
-
 void expect_bounded_matches_cpu(ModelOptions options, uint32_t seed) {
   options.positions = PositionPolicy::kBounded;
   options.bounded_window = 256;
@@ -392,7 +347,7 @@ void expect_bounded_matches_cpu(ModelOptions options, uint32_t seed) {
   auto cpu = load(kTinyModel, options);
   ASSERT_TRUE(gpu && cpu);
   const std::vector<int32_t> tokens = testing_util::random_tokens(1230, seed, 4096);
-  const auto got = bounded_run(*gpu, tokens, 1200), want = bounded_run(*cpu, tokens, 1200);
+  const auto got = chunks_then_decode(*gpu, tokens, 1200), want = chunks_then_decode(*cpu, tokens, 1200);
   ASSERT_EQ(got.size(), want.size());
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, worst_row_error(got[i], want[i]));

@@ -10,6 +10,7 @@
 
 #include "core/file.h"
 #include "model/llama.h"
+#include "tests/model/fixture_util.h"
 #include "model/rope_scaling.h"
 
 namespace mnemo {
@@ -18,38 +19,10 @@ namespace {
 namespace fs = std::filesystem;
 const char* kFixtureRoot = "tests/data/fixtures";
 
-struct FixtureCase {
-  std::vector<int32_t> tokens;
-  Tensor logits;  // [T, vocab]
-};
+using testing_util::FixtureCase;
+using testing_util::load_cases;
 
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  if (!fs::is_directory(kFixtureRoot)) return names;
-  for (const auto& e : fs::directory_iterator(kFixtureRoot)) {
-    if (fs::exists(e.path() / "cases.json")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-std::vector<FixtureCase> load_cases(const std::string& dir) {
-  std::vector<FixtureCase> out;
-  Result<std::string> text = read_text_file(dir + "/cases.json");
-  EXPECT_TRUE(text.ok()) << text.status().to_string();
-  if (!text.ok()) return out;
-  boost::json::value root = boost::json::parse(*text);
-  for (const auto& c : root.at("cases").as_array()) {
-    FixtureCase fc;
-    for (const auto& t : c.at("tokens").as_array()) fc.tokens.push_back(static_cast<int32_t>(t.to_number<int64_t>()));
-    Result<Tensor> logits = read_npy(dir + "/" + std::string(c.at("logits").as_string()));
-    EXPECT_TRUE(logits.ok()) << logits.status().to_string();
-    if (!logits.ok()) continue;
-    fc.logits = std::move(*logits);
-    out.push_back(std::move(fc));
-  }
-  return out;
-}
+std::vector<std::string> fixture_names() { return testing_util::fixture_names(kFixtureRoot); }
 
 // Largest |got - want| over a row, relative to the row's largest |want|.
 double max_rel_error(const float* got, const float* want, int64_t n) {
