@@ -91,6 +91,8 @@ struct DensePrefillParams {
   int max_q_per_seq = 0;             // host: an upper bound of q_indptr[b+1] - q_indptr[b]
   int num_heads = 0;
   PagedKvBf16 kv;
+  // Keys rotated on load; a rotation table (RopeTable's): cos[p][i] = a_i cos(p w_i) and
+  // sin[p][i] = a_i sin(p w_i), since the kernel builds rows j0 + t from rows j0 and t (angle addition).
   RopeTableView key_rope;
   float softmax_scale = 0.0f;
   int64_t sliding_window = 0;        // > 0: query t sees keys j > t - sliding_window
@@ -100,8 +102,9 @@ struct DensePrefillParams {
 
 Status validate(const DensePrefillParams& p);
 
-// Causal prefill: grid (row tiles, kv heads, batch); a tile is 64 (query, head-of-group) rows, so the
-// heads of a GQA group share every K/V tile. No workspace.
+// Causal prefill: grid (row tiles, kv heads, batch); a tile is 128 (query, head-of-group) rows, so the
+// heads of a GQA group share every K/V tile; 8 warps, double-buffered K/V tiles, ~137 KB of shared
+// memory at head_dim 128. No workspace.
 Status dense_prefill_launch(const DensePrefillParams& p, cudaStream_t stream);
 
 }  // namespace mnemo::cuda

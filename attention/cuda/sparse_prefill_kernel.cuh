@@ -8,6 +8,8 @@
 // S = Q K^T, the online softmax and O += P V for its 16 rows, with the rows that did not select the
 // block (or see only its causal head) masked; a warp none of whose rows selected it skips it. Queries
 // of one block select almost the same blocks, so a tile serves about 4 queries instead of one.
+// Tiles and numerics are the dense prefill kernel's split-K pieces (dense_tile.cuh: K as hi + lo bf16,
+// RoPE by angle addition, P rounded once), so with every block selected the result is bit-identical.
 #pragma once
 
 #include <climits>
@@ -25,7 +27,9 @@ struct SparsePrefillConfig {
   static constexpr int kRows = 16 * kWarps;
   static constexpr int kTileTokens = 64;
   static constexpr int kTileElems = kTileTokens * kTileRowStride<kHeadDim>;
-  static constexpr size_t kMinOffset = size_t{2} * kTileElems * sizeof(bf16);
+  // K hi, K lo, V tiles; then the rope table's rows 0..63 over row 0 (load_rope_rows), fp32.
+  static constexpr size_t kRopeOffset = size_t{3} * kTileElems * sizeof(bf16);
+  static constexpr size_t kMinOffset = kRopeOffset + size_t{2} * kTileTokens * (kHeadDim / 2) * sizeof(float);
   static constexpr size_t kSmemBytes = kMinOffset + size_t{2} * kWarps * sizeof(int32_t);
 };
 
@@ -42,7 +46,9 @@ __global__ void __launch_bounds__(128) sparse_prefill_kernel(const SparseAttenti
   constexpr int kDT = kHeadDim / 8;
   MNEMO_DYNAMIC_SMEM(smem);
   bf16* sk = reinterpret_cast<bf16*>(smem);
-  bf16* sv = sk + Cfg::kTileElems;
+  bf16* sk_lo = sk + Cfg::kTileElems;
+  bf16* sv = sk_lo + Cfg::kTileElems;
+  float* rope_t = reinterpret_cast<float*>(smem + Cfg::kRopeOffset);
   int32_t* warp_min = reinterpret_cast<int32_t*>(smem + Cfg::kMinOffset);  // [2 (parity)][warp]
 
   const int tid = static_cast<int>(threadIdx.x);
@@ -93,6 +99,9 @@ __global__ void __launch_bounds__(128) sparse_prefill_kernel(const SparseAttenti
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const float scale_log2 = p.softmax_scale * kLog2e;
   const KvHeadView kv = make_kv_head_view(p.kv, p.key_rope, seq, g);
+  const bool with_lo = kv.rope_cos != nullptr;
+  // Read after the first step's barrier.
+  if (with_lo) load_rope_rows<kHeadDim, Cfg::kTileTokens>(rope_t, p.key_rope, tid, Cfg::kThreads);
   for (int parity = 0;; parity ^= 1) {
     // The CTA's next block: min over its rows. The parity buffer lets a warp write the next step's
     // minimum while a slower one still reads this step's (a tile's barriers separate steps k, k + 2).
@@ -131,11 +140,11 @@ __global__ void __launch_bounds__(128) sparse_prefill_kernel(const SparseAttenti
 
     for (int64_t j0 = lo; j0 < load_end; j0 += Cfg::kTileTokens) {
       if (j0 > lo) cta_sync();  // every warp is done with the block's previous tile
-      load_kv_tile<kHeadDim, Cfg::kTileTokens, Cfg::kThreads>(kv, j0, lo, load_end, sk, sv, tid);
+      load_kv_tile_split<kHeadDim, Cfg::kTileTokens, Cfg::kThreads>(kv, rope_t, j0, lo, load_end, sk, sk_lo, sv, tid);
       cta_sync();
       if (!any_warp) continue;  // warp-uniform
       float s[kNT][4];
-      warp_qk<kHeadDim, kNT>(s, qf, sk, lane);
+      warp_qk_split<kHeadDim, kNT>(s, qf, sk, sk_lo, with_lo, lane);
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
@@ -144,8 +153,9 @@ __global__ void __launch_bounds__(128) sparse_prefill_kernel(const SparseAttenti
           s[nt][e] = j < row_end[e / 2] ? s[nt][e] * scale_log2 : -INFINITY;
         }
       }
-      softmax_update<kNT, kDT>(s, o, m, l);
-      warp_pv<kHeadDim, kNT>(o, s, sv, lane);
+      uint32_t pa[kNT][2];
+      softmax_update_bf16p<kNT, kDT>(s, pa, o, m, l);
+      warp_pv_bf16p<kHeadDim, kNT>(o, pa, sv, lane);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

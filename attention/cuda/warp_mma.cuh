@@ -121,6 +121,32 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 #endif
 }
 
+// 16 bytes global -> shared without a register round trip (cp.async.cg, sm_80+); `valid` false writes
+// 16 zero bytes and reads nothing (src-size 0; `src` must still be a mapped address). The data is
+// visible to the CTA only after cp_async_wait_all() and a barrier. The simulator copies at issue.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#ifdef MNEMO_WARP_SIM
+  ::mnemo::sim::cp_async16(dst, src, valid);
+#else
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef MNEMO_WARP_SIM
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits for all of this thread's cp.async copies (a barrier must follow before others read them).
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifndef MNEMO_WARP_SIM
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // d += A * B on the tensor cores: A 16x16 bf16, B 16x8 bf16, d 16x8 fp32.
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                uint32_t b1) {

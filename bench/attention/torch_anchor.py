@@ -123,7 +123,8 @@ def cmd_table(args):
         rows.append((label, f"{d['median_us']:.1f} us", f"{d['gbps']:.0f} GB/s", f"{d['floor_us']:.1f} us",
                      torch_ms(key, "flash"), torch_ms(key, "cudnn"), torch_ms(key, "efficient")))
     for p in m.get("prefill", []):
-        rows.append((f"prefill {p['len'] // 1024}K causal", f"{p['median_ms']:.2f} ms", f"{p['tflops']:.0f} TFLOP/s",
+        label = f"prefill {p['len'] // 1024}K causal" + ("" if p.get("rope_table", True) else " (no rope)")
+        rows.append((label, f"{p['median_ms']:.2f} ms", f"{p['tflops']:.0f} TFLOP/s",
                      f"{p['floor_ms']:.2f} ms", torch_ms("prefill_32k", "flash"), torch_ms("prefill_32k", "cudnn"),
                      torch_ms("prefill_32k", "efficient")))
     head = ("op (MiniCPM4-8B: 32q/2kv x 128, bf16)", "mnemo", "rate", "floor", "torch flash", "torch cudnn",

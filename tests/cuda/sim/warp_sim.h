@@ -130,6 +130,17 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
   warp_barrier();
 }
 
+// cp.async emulated synchronously: the copy (or zero fill) lands at issue, so commit and wait are
+// no-ops. A kernel that reads a buffer before its wait + barrier still passes here: the sim does not
+// catch missing cp.async waits (compute-sanitizer racecheck on the GPU does).
+inline void cp_async16(void* dst, const void* src, bool valid) {
+  if (valid) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+}
+
 inline double bf16_bits(uint32_t packed, int half) {
   const uint32_t bits = half ? (packed & 0xffff0000u) : (packed << 16);
   float f;
