@@ -1,5 +1,7 @@
 #include "memory/slot_tiers.h"
 
+#include <algorithm>
+
 namespace mnemo {
 namespace {
 Status check_slots(void* memory, int64_t slot_bytes, int64_t num_slots) {
@@ -31,9 +33,10 @@ Result<std::unique_ptr<GpuTier>> GpuTier::create(void* memory, int64_t slot_byte
   return tier;
 }
 
-int32_t GpuTier::take_free(uint32_t owner, bool sealed) {
+int32_t GpuTier::take_free(uint32_t owner, bool sealed, uint8_t clock) {
   const int32_t s = arena_->allocate();  // precondition: a slot is free
-  slots_[s] = SlotState{.owner = owner, .clock = 1, .used = true, .sealed = sealed, .pinned = false};
+  slots_[s] = SlotState{
+      .owner = owner, .clock = std::min(clock, kMaxClock), .used = true, .sealed = sealed, .pinned = false};
   if (sealed) ++evictable_;
   return s;
 }

@@ -57,8 +57,9 @@ class GpuTier {
   void* base() const { return arena_->base(); }
   void* slot(int32_t s) const { return arena_->slot(s); }
 
-  // Takes a free slot for block `owner`. Precondition: free_slots() > 0.
-  int32_t take_free(uint32_t owner, bool sealed);
+  // Takes a free slot for block `owner` with CLOCK counter `clock` (1: as if just requested; 0 for a
+  // prefetched block nobody requested yet). Precondition: free_slots() > 0.
+  int32_t take_free(uint32_t owner, bool sealed, uint8_t clock = 1);
   void release(int32_t s);
   void seal(int32_t s);
   uint32_t owner(int32_t s) const { return slots_[s].owner; }

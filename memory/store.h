@@ -21,7 +21,8 @@
 //
 // Two-phase step access (STYLE.md §4): acquire() plans and performs the loads for a set of blocks
 // and pins them; the caller reads the returned slots; release() unpins. Hits stay in place; only
-// misses are loaded, in one batch per tier.
+// misses are loaded, in one batch per tier. prefetch() starts loading blocks the caller will likely
+// acquire next (best effort, unpinned), so that acquire() finds them resident.
 //
 // Thread-safety: one thread (the engine's step loop) calls the store; the background writer is
 // internal. metrics() may be called from any thread.
@@ -90,6 +91,10 @@ struct KvStoreMetrics {
   int64_t shared_blocks = 0;              // blocks held by more than one sequence (forks)
   int64_t pending_writes = 0;             // sealed blocks not yet durable (write-behind queue + failed)
   int64_t disk_write_errors = 0;          // failed write-behind batches (flush() reports and retries)
+  // prefetch(): blocks it loaded host → GPU (their bytes are in bytes_host_to_gpu, at prefetch time);
+  // acquire() hits on a block prefetched and not used since (also counted in gpu_hits); prefetched
+  // blocks evicted before any acquire() used them (mispredictions, also in gpu_evictions).
+  int64_t prefetched_blocks = 0, prefetch_hits = 0, prefetch_unused_evictions = 0;
 };
 
 class KvStore {
@@ -156,6 +161,37 @@ class KvStore {
                          std::vector<int32_t>* slots) = 0;
   // Unpins every block pinned by acquire() since the last release (one step's worth).
   virtual void release_all() = 0;
+
+  // Hint: the caller expects to acquire `blocks` of (seq, layer) soon (e.g. the previous step's
+  // selection of the next layer). Starts loading, host → GPU in one batch, those that are neither
+  // resident nor already loading and have a host copy, in request order, as far as there is room,
+  // and returns at once (CPU: the copies are done on return, prefetch is an early load; CUDA: they are
+  // queued on the store's stream and the host does not wait). Best effort: running out of room
+  // prefetches fewer blocks (possibly none), never fails. Blocks only on disk are skipped (no disk read
+  // here: a later acquire() reads them as always); open and resident blocks are skipped; duplicates
+  // are ignored.
+  //   - Room: free GPU slots, then *stale* prefetched blocks (below), then CLOCK over the other
+  //     evictable blocks. Never a pinned block, an open block, a block of this request, or a *fresh*
+  //     prefetched block; so pinned + open + prefetched never exceed the GPU budget.
+  //   - Nothing is pinned: release_all() does not concern prefetched blocks, and reserve(), acquire()
+  //     and fork_sequence() may evict them (stale ones first, fresh ones last, after CLOCK found no
+  //     other victim).
+  //   - Aging: a prefetched block enters the GPU tier with CLOCK counter 0 (evictable at once) and is
+  //     *fresh* until the second release_all() after its prefetch (so prefetching one layer ahead —
+  //     before or after the current layer's release_all() — keeps it for that layer's acquire()); then
+  //     it is *stale* and the first victim of any later load (oldest prefetch first). Prefetching a
+  //     resident prefetched block again makes it fresh again.
+  //   - acquire() of a prefetched block is a GPU hit (gpu_hits, prefetch_hits; no bytes moved then)
+  //     that pins it and bumps its counter like any hit; with CUDA the caller's stream then waits for
+  //     the store's stream (the prefetch copy), as for a load.
+  //   - Forks: a shared block is one block; prefetching it through either sequence serves both.
+  //   - drop_sequence() (or an eviction) while a prefetch copy is queued (CUDA): the slot is reused
+  //     only by later copies on the store's stream (ordered after it) or for open blocks handed out
+  //     by reserve(), which orders cuda_stream after the store's stream first; a freed host source
+  //     slot is rewritten only by copies on that stream or by disk reads, which wait for it.
+  // Errors: kInvalidArgument for an unknown (not live) sequence, a layer or a block out of range
+  // (nothing is loaded then); otherwise only a device failure of the CUDA mover, as acquire().
+  virtual Status prefetch(SequenceId seq, int layer, std::span<const int64_t> blocks) = 0;
 
   // The GPU arena: [num_slots, 2, num_kv_heads, block_tokens, head_dim] of layout.dtype. A device
   // pointer for CUDA stores, a host pointer otherwise. Allocated once at open; the pointer never

@@ -12,6 +12,9 @@
 //   sealed block : a host copy from the moment it is sealed, until it is durable on disk; after that
 //                  any subset of {GPU, host, disk} with disk always in it. A GPU copy is evicted only
 //                  unpinned; a host copy is dropped only when durable.
+//   prefetched   : a sealed block loaded by prefetch() and not acquired since (Block::prefetch_epoch);
+//                  unpinned, CLOCK counter 0, listed in prefetch_order_ (oldest first); never evicted
+//                  by prefetch() while fresh, the first victim of any load once stale.
 // Every mutating call first plans (counts slots, reads and verifies disk blocks) and fails before
 // changing anything; the mutations that follow cannot fail (on the CPU mover).
 //
@@ -60,6 +63,7 @@ class TieredStore final : public KvStore {
   Status commit(SequenceId seq, int64_t new_len) override;
   Status acquire(SequenceId seq, int layer, std::span<const int64_t> blocks, std::vector<int32_t>* slots) override;
   void release_all() override;
+  Status prefetch(SequenceId seq, int layer, std::span<const int64_t> blocks) override;
   const void* gpu_arena_data() const override { return gpu_->base(); }
   const float* gpu_arena() const override { return float_rows_ ? static_cast<const float*>(gpu_->base()) : nullptr; }
   Status flush() override;
@@ -79,6 +83,10 @@ class TieredStore final : public KvStore {
     int32_t host_slot = -1;
     uint32_t gen = 0;    // bumped when the entry is freed: stale write-queue items are skipped
     uint64_t stamp = 0;  // == acquire_stamp_ while it is in the request being planned
+    // Prefetched and not acquired since: the step_epoch_ of its (latest) prefetch and the serial of
+    // its item in prefetch_order_; 0 otherwise.
+    uint64_t prefetch_epoch = 0;
+    uint64_t prefetch_item = 0;
     bool sealed = false;
     bool durable = false;        // on disk (index marker and value written)
     bool write_pending = false;  // queued, in flight, or failed (flush() retries)
@@ -96,6 +104,14 @@ class TieredStore final : public KvStore {
     BlockId id;
     uint32_t gen;
   };
+  // One prefetch of a block, in prefetch order (so in epoch order); valid while the block's
+  // prefetch_item is this serial (not freed, evicted, acquired or prefetched again since), so a
+  // block has at most one valid item.
+  struct PrefetchItem {
+    BlockId id;
+    uint64_t serial;
+    uint64_t epoch;
+  };
 
   explicit TieredStore(const KvStoreOptions& options);
   Status init();
@@ -110,9 +126,29 @@ class TieredStore final : public KvStore {
   void trim_open_blocks(Sequence* s, int64_t keep_blocks);
   float* row(SequenceId seq, int layer, int64_t t, int kv_head, bool v);
   Status gpu_budget_error(const std::string& what, int64_t need, int64_t can_free) const;
-  // Frees `n` GPU slots with CLOCK (precondition: free + evictable suffices); returns nothing,
-  // afterwards free_slots() >= n.
-  void make_gpu_room(int64_t n);
+  // Frees GPU slots until `n` are free: stale prefetched blocks first (oldest first), then CLOCK
+  // over the other evictable slots except fresh prefetched ones, then CLOCK over those. prefetch()
+  // passes `stamped_evictable` >= 0: never a block of the request being planned (that many of them
+  // are evictable and not fresh prefetched) and never a fresh prefetched block.
+  // Precondition: enough victims exist under these rules.
+  void make_gpu_room(int64_t n, int64_t stamped_evictable = -1);
+  void evict_gpu_slot(int32_t s);
+  bool prefetch_valid(const PrefetchItem& item) const { return blocks_[item.id].prefetch_item == item.serial; }
+  // Marks `id` (resident) prefetched now and appends its item.
+  void note_prefetch(BlockId id);
+  // Evictable fresh prefetched blocks.
+  int64_t fresh_evictable() const;
+  // Prefetched, not acquired since, and not older than one release_all() (store.h, prefetch()).
+  bool fresh_prefetch(BlockId id) const {
+    const uint64_t e = blocks_[id].prefetch_epoch;
+    return e != 0 && e + 1 >= step_epoch_;
+  }
+  bool stale_prefetch(BlockId id) const {
+    const uint64_t e = blocks_[id].prefetch_epoch;
+    return e != 0 && e + 1 < step_epoch_;
+  }
+  // Drops invalid items from the front of prefetch_order_ (and all of them when it grew large).
+  void prune_prefetch_order();
   // Checks that `n` host slots can be had from free slots and droppable (durable) copies, less
   // `protected_droppable()` copies the caller keeps. With a disk tier and writes pending, waits for
   // write-behind once (the lock is released meanwhile) before giving up with kOutOfBudget.
@@ -158,6 +194,9 @@ class TieredStore final : public KvStore {
   std::map<SequenceId, std::vector<Segment>> registered_;
   std::map<std::string, std::string> mem_meta_;  // meta records without data_dir
   uint64_t acquire_stamp_ = 0;
+  uint64_t step_epoch_ = 1;  // release_all() calls + 1: the age of prefetches
+  uint64_t prefetch_serial_ = 0;
+  std::deque<PrefetchItem> prefetch_order_;
   Status order_error_;  // release_all() could not order the mover after cuda_stream (CUDA failure)
 
   std::deque<WriteItem> write_queue_;

@@ -1,5 +1,6 @@
-// TieredStore, the step path: reserve → write rows → commit (seal, copy to host, write behind), and
-// acquire (plan, read disk misses, evict, gather host → GPU, pin) → release_all.
+// TieredStore, the step path: reserve → write rows → commit (seal, copy to host, write behind),
+// acquire (plan, read disk misses, evict, gather host → GPU, pin) → release_all, and prefetch (an
+// unpinned, best-effort load of host copies).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -44,13 +45,72 @@ Status TieredStore::gpu_budget_error(const std::string& what, int64_t need, int6
                        gpu_->used_slots() - gpu_->evictable_slots(), " pinned or holding open blocks)");
 }
 
-void TieredStore::make_gpu_room(int64_t n) {
+void TieredStore::evict_gpu_slot(int32_t s) {
+  // Sealed blocks always have a host or durable disk copy (tiered_store.h), so this drops a copy.
+  Block& blk = blocks_[gpu_->owner(s)];
+  if (blk.prefetch_epoch != 0) {  // prefetched, never used: a misprediction
+    blk.prefetch_epoch = blk.prefetch_item = 0;
+    ++m_.prefetch_unused_evictions;
+  }
+  blk.gpu_slot = -1;
+  gpu_->release(s);
+  ++m_.gpu_evictions;
+}
+
+void TieredStore::note_prefetch(BlockId id) {
+  Block& blk = blocks_[id];
+  blk.prefetch_epoch = step_epoch_;
+  blk.prefetch_item = ++prefetch_serial_;
+  prefetch_order_.push_back({id, blk.prefetch_item, step_epoch_});
+}
+
+int64_t TieredStore::fresh_evictable() const {
+  int64_t k = 0;
+  for (auto it = prefetch_order_.rbegin(); it != prefetch_order_.rend(); ++it) {
+    if (it->epoch + 1 < step_epoch_) break;  // items are in epoch order: the rest are stale
+    if (prefetch_valid(*it)) k += gpu_->evictable(blocks_[it->id].gpu_slot);
+  }
+  return k;
+}
+
+void TieredStore::make_gpu_room(int64_t n, int64_t stamped_evictable) {
   if (gpu_->free_slots() >= n) return;
-  for (int32_t s : gpu_->choose_victims(n - gpu_->free_slots(), [](int32_t) { return false; })) {
-    // Sealed blocks always have a host or durable disk copy (tiered_store.h), so this drops a copy.
-    blocks_[gpu_->owner(s)].gpu_slot = -1;
-    gpu_->release(s);
-    ++m_.gpu_evictions;
+  const bool for_prefetch = stamped_evictable >= 0;
+  auto stamped = [&](BlockId id) { return for_prefetch && blocks_[id].stamp == acquire_stamp_; };
+  // 1. Stale prefetched blocks (mispredictions), oldest first; items are in epoch order.
+  for (const PrefetchItem& item : prefetch_order_) {
+    if (gpu_->free_slots() >= n) break;
+    if (!prefetch_valid(item)) continue;
+    if (!stale_prefetch(item.id)) break;
+    const int32_t s = blocks_[item.id].gpu_slot;
+    if (gpu_->evictable(s) && !stamped(item.id)) evict_gpu_slot(s);
+  }
+  prune_prefetch_order();
+  if (gpu_->free_slots() >= n) return;
+  // 2. CLOCK over the rest, fresh prefetched blocks (and prefetch's own request) excepted.
+  const int64_t fresh = fresh_evictable();
+  auto skip = [&](int32_t s) {
+    const BlockId id = gpu_->owner(s);
+    return stamped(id) || fresh_prefetch(id);
+  };
+  // choose_victims needs enough candidates (else it sweeps every counter down to 0 in vain).
+  int64_t want = std::min(n - gpu_->free_slots(),
+                          gpu_->evictable_slots() - fresh - (for_prefetch ? stamped_evictable : 0));
+  if (want > 0) {
+    for (int32_t s : gpu_->choose_victims(want, skip)) evict_gpu_slot(s);
+  }
+  if (gpu_->free_slots() >= n || for_prefetch) return;
+  // 3. acquire, reserve, fork: fresh prefetched blocks too (best effort yields to the step's needs).
+  want = std::min(n - gpu_->free_slots(), gpu_->evictable_slots());
+  for (int32_t s : gpu_->choose_victims(want, [](int32_t) { return false; })) evict_gpu_slot(s);
+}
+
+void TieredStore::prune_prefetch_order() {
+  while (!prefetch_order_.empty() && !prefetch_valid(prefetch_order_.front())) prefetch_order_.pop_front();
+  // Valid items are distinct resident blocks (at most one per GPU slot); drop the invalid ones
+  // behind a valid front once they pile up.
+  if (static_cast<int64_t>(prefetch_order_.size()) > 2 * gpu_->num_slots() + 64) {
+    std::erase_if(prefetch_order_, [&](const PrefetchItem& item) { return !prefetch_valid(item); });
   }
 }
 
@@ -285,9 +345,11 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
 
   // Pin the hits first so CLOCK cannot take them, then make room and gather the misses.
   std::vector<int32_t> newly_pinned;
+  int64_t prefetch_hits = 0;
   for (BlockId id : ids) {
     const int32_t slot = blocks_[id].gpu_slot;
     if (slot < 0) continue;
+    prefetch_hits += blocks_[id].prefetch_epoch != 0;
     if (!gpu_->pinned(slot)) newly_pinned.push_back(slot);
     gpu_->pin(slot);
     gpu_->touch(slot);
@@ -303,9 +365,10 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
   }
   // The victims' last readers on cuda_stream were queued before the release_all() (or commit, trim,
   // drop) that made them evictable, which ordered the mover after them. Kernels queued on
-  // cuda_stream after this call see the loads (before_caller); the host does not wait.
+  // cuda_stream after this call see the loads, and the prefetch copies of prefetched hits
+  // (before_caller); the host does not wait.
   Status copied = mover_->copy(CopyKind::kHostToGpu, copies);
-  if (copied.ok() && !copies.empty()) copied = mover_->before_caller();
+  if (copied.ok() && (!copies.empty() || prefetch_hits > 0)) copied = mover_->before_caller();
   if (!copied.ok()) {
     for (int32_t slot : newly_pinned) gpu_->unpin(slot);
     for (size_t i : misses) {
@@ -314,6 +377,10 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
     }
     return copied;
   }
+  if (prefetch_hits > 0) {
+    for (BlockId id : ids) blocks_[id].prefetch_epoch = blocks_[id].prefetch_item = 0;  // used: ordinary from now on
+  }
+  m_.prefetch_hits += prefetch_hits;
   m_.gpu_hits += static_cast<int64_t>(n) - num_misses;
   m_.gpu_misses += num_misses;
   m_.host_hits += num_misses - num_disk;
@@ -331,6 +398,71 @@ void TieredStore::release_all() {
   Status ordered = mover_->after_caller();
   if (!ordered.ok() && order_error_.ok()) order_error_ = ordered.with_context("release_all");
   gpu_->unpin_all();
+  ++step_epoch_;  // prefetches of the step before the one just ended become stale
+  prune_prefetch_order();
+}
+
+Status TieredStore::prefetch(SequenceId seq, int layer, std::span<const int64_t> blocks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Sequence* s = live(seq);
+  if (!s) return invalid_argument("prefetch: no live sequence ", seq);
+  if (layer < 0 || layer >= options_.layout.num_layers) {
+    return invalid_argument("prefetch: layer ", layer, " outside [0, ", options_.layout.num_layers, ")");
+  }
+  const auto& table = s->tables[layer];
+  for (int64_t b : blocks) {
+    if (b < 0 || b >= static_cast<int64_t>(table.size())) {
+      return invalid_argument("prefetch: block ", b, " of seq ", seq, " layer ", layer, " outside [0, ",
+                              table.size(), ")");
+    }
+  }
+  if (!order_error_.ok()) return order_error_;
+  const uint64_t stamp = ++acquire_stamp_;
+  std::vector<BlockId> loads;
+  int64_t stamped_evictable = 0;  // resident blocks of this request CLOCK could take (not prefetched)
+  for (int64_t b : blocks) {
+    const BlockId id = table[b];
+    Block& blk = blocks_[id];
+    if (blk.stamp == stamp) continue;  // a duplicate
+    blk.stamp = stamp;
+    if (blk.gpu_slot >= 0) {  // resident, or loading (CUDA): predicted again, a prefetched one is fresh again
+      if (blk.prefetch_epoch != 0 && blk.prefetch_epoch != step_epoch_) note_prefetch(id);
+      if (blk.prefetch_epoch == 0) stamped_evictable += gpu_->evictable(blk.gpu_slot);
+      continue;
+    }
+    if (blk.host_slot < 0) continue;  // only on disk: no read here (acquire() reads it)
+    loads.push_back(id);
+  }
+  if (loads.empty()) return Status::Ok();
+  // Room: free slots, then evictable ones that are neither fresh prefetched nor of this request
+  // (stale prefetched included). Best effort: the first blocks of the request that fit.
+  const int64_t room = gpu_->free_slots() + gpu_->evictable_slots() - fresh_evictable() - stamped_evictable;
+  if (room < static_cast<int64_t>(loads.size())) loads.resize(static_cast<size_t>(std::max<int64_t>(room, 0)));
+  if (loads.empty()) return Status::Ok();
+  const int64_t n = static_cast<int64_t>(loads.size());
+  make_gpu_room(n, stamped_evictable);
+  std::vector<SlotCopy> copies;
+  for (BlockId id : loads) {
+    Block& blk = blocks_[id];
+    blk.gpu_slot = gpu_->take_free(id, /*sealed=*/true, /*clock=*/0);
+    host_->touch(blk.host_slot);
+    copies.push_back({blk.host_slot, blk.gpu_slot});
+  }
+  // As acquire's loads (victims and freed slots are ordered after cuda_stream's readers), but no
+  // before_caller(): the caller's stream waits for these copies only when acquire() uses them.
+  Status copied = mover_->copy(CopyKind::kHostToGpu, copies);
+  if (!copied.ok()) {
+    for (BlockId id : loads) {
+      gpu_->release(blocks_[id].gpu_slot);
+      blocks_[id].gpu_slot = -1;
+    }
+    return copied;
+  }
+  for (BlockId id : loads) note_prefetch(id);
+  m_.prefetched_blocks += n;
+  m_.bytes_host_to_gpu += n * slot_bytes_;
+  prune_prefetch_order();
+  return Status::Ok();
 }
 
 }  // namespace mnemo

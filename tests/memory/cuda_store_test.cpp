@@ -210,5 +210,85 @@ TEST(CudaStore, CopiesAreOrderedWithTheCallersStream) {
   CUDA_OK(cudaFreeHost(staging));
 }
 
+// Prefetch (issue #5) on the GPU. Every step first queues long memsets on the caller stream and
+// releases, so the mover (ordered after the caller by release_all) runs the prefetch copies late:
+// an acquire() that did not make the caller stream wait for them reads the slots too early; and a
+// drop while they are queued hands their slots to a new sequence's open blocks, whose rows the caller
+// writes (reserve must order those writes after the copies, or the copies overwrite them).
+TEST(CudaStore, PrefetchedBlocksAreOrderedWithTheCallersStream) {
+  SKIP_WITHOUT_GPU();
+  BusyStream caller;
+  KvStoreOptions o = cuda_bf16();
+  o.cuda_stream = caller.stream;
+  o.gpu_budget_bytes = 8 * o.layout.slot_bytes();
+  o.host_budget_bytes = 64 * o.layout.slot_bytes();
+  auto store = memory_test::open_or_fail(o);
+  ASSERT_TRUE(store);
+  const KvLayout& l = o.layout;
+  // Reads and writes of slot bytes on the caller stream, through pinned staging (truly async).
+  constexpr size_t kStaging = size_t{1} << 20;
+  uint8_t* staging = nullptr;
+  CUDA_OK(cudaHostAlloc(reinterpret_cast<void**>(&staging), 2 * kStaging, cudaHostAllocDefault));
+  size_t used = 0;
+  memory_test::SlotIo io{[&](void* d, const void* src, size_t n) {
+                           if (used + n > kStaging) {
+                             EXPECT_EQ(cudaStreamSynchronize(caller.stream), cudaSuccess);
+                             used = 0;
+                           }
+                           std::memcpy(staging + used, src, n);
+                           EXPECT_EQ(cudaMemcpyAsync(d, staging + used, n, cudaMemcpyHostToDevice, caller.stream),
+                                     cudaSuccess);
+                           used += n;
+                         },
+                         [&](void* d, const void* src, size_t n) {
+                           uint8_t* out = staging + kStaging;
+                           EXPECT_EQ(cudaMemcpyAsync(out, src, n, cudaMemcpyDeviceToHost, caller.stream),
+                                     cudaSuccess);
+                           EXPECT_EQ(cudaStreamSynchronize(caller.stream), cudaSuccess);
+                           std::memcpy(d, out, n);
+                         }};
+  ASSERT_TRUE(store->create_sequence(1).ok());
+  const std::vector<uint32_t> tags = memory_test::tags_from(300, 10 * l.block_tokens + 2);
+  caller.busy();
+  ASSERT_TRUE(memory_test::append_bytes_chunked(*store, io, 1, tags, 4).ok());
+
+  // (a) prefetch, then acquire and read on the caller stream.
+  int64_t prefetched = 0;
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    for (int64_t first = 0; first + 3 <= 10; first += 3) {
+      const std::vector<int64_t> blocks{first + 2, first, first + 1};
+      caller.busy();
+      store->release_all();
+      const KvStoreMetrics before = store->metrics();
+      ASSERT_TRUE(store->prefetch(1, layer, blocks).ok());
+      const KvStoreMetrics after = store->metrics();
+      prefetched += after.prefetched_blocks - before.prefetched_blocks;
+      std::vector<int32_t> slots;
+      ASSERT_TRUE(store->acquire(1, layer, blocks, &slots).ok());
+      EXPECT_EQ(store->metrics().prefetch_hits - after.prefetch_hits,
+                after.prefetched_blocks - before.prefetched_blocks);
+      EXPECT_EQ(store->metrics().bytes_host_to_gpu, after.bytes_host_to_gpu) << "acquire moved nothing more";
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        EXPECT_EQ(memory_test::check_block_bytes(*store, io, slots[i], layer, blocks[i], tags), "")
+            << "layer " << layer << " block " << blocks[i];
+      }
+    }
+  }
+  EXPECT_GT(prefetched, 0);
+
+  // (b) drop while the prefetch copies are queued; a new sequence writes into the freed slots.
+  caller.busy();
+  store->release_all();
+  ASSERT_TRUE(store->prefetch(1, 0, std::vector<int64_t>{0, 1, 2, 3}).ok());
+  ASSERT_TRUE(store->prefetch(1, 1, std::vector<int64_t>{4, 5, 6, 7}).ok());
+  ASSERT_TRUE(store->drop_sequence(1).ok());
+  ASSERT_TRUE(store->create_sequence(2).ok());
+  const std::vector<uint32_t> tags2 = memory_test::tags_from(7000, 3 * l.block_tokens + 1);
+  ASSERT_TRUE(memory_test::append_bytes(*store, io, 2, tags2).ok());  // 4 open blocks per layer: every slot
+  memory_test::expect_sequence_bytes(*store, io, 2, tags2);
+  CUDA_OK(cudaStreamSynchronize(caller.stream));
+  CUDA_OK(cudaFreeHost(staging));
+}
+
 }  // namespace
 }  // namespace mnemo
