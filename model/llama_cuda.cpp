@@ -257,6 +257,9 @@ struct SeqRepr {
     int64_t num_compressed = 0;  // windows computed
   };
   std::vector<Tier> t1, t2;
+  // Per layer: the blocks the last step's selection added beyond the local window and the new
+  // windows' blocks — the prediction the next step prefetches one layer ahead.
+  std::vector<std::vector<int64_t>> last_selected;
   cudaStream_t stream = nullptr;
   ~SeqRepr() {
     for (auto* tiers : {&t1, &t2}) {
@@ -708,6 +711,21 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   std::vector<int64_t> ids;
   std::vector<int32_t> slots;
   std::vector<char> have;
+  // Prefetch (memory/store.h): a decode step's selection in layer l + 1 mostly repeats the previous
+  // step's, so once layer l's selection is known, the previous step's blocks of layer l + 1 start
+  // moving host -> GPU while layer l computes. `selected` becomes layer l's prediction for next step.
+  std::vector<int64_t> predicted;
+  auto remember_and_prefetch = [&](SeqRepr& r, SequenceId id, int64_t l, const std::vector<int64_t>& selected,
+                                   int64_t num_blocks) -> Status {
+    if (r.last_selected.size() != static_cast<size_t>(layers)) r.last_selected.resize(static_cast<size_t>(layers));
+    r.last_selected[l] = selected;
+    if (l + 1 >= layers) return Status::Ok();
+    predicted.clear();
+    for (int64_t blk : r.last_selected[l + 1]) {
+      if (blk < num_blocks) predicted.push_back(blk);
+    }
+    return predicted.empty() ? Status::Ok() : store_->prefetch(id, int(l + 1), predicted);
+  };
   for (int64_t l = 0; l < layers; ++l) {
     const DeviceLayer& w = st.layers[l];
     bf16* h = st.h.as<bf16>();
@@ -904,8 +922,12 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
             if (!want[blk]) want[blk] = 1, ids.push_back(blk);
           }
         }
+        std::sort(ids.begin(), ids.end());
+        if (p.sparse_memory) {
+          auto& r = *static_cast<SeqRepr*>(items[p.item].seq->cuda_repr_.get());
+          MNEMO_RETURN_IF_ERROR(remember_and_prefetch(r, items[p.item].seq->id_, l, ids, p.num_blocks));
+        }
         if (!ids.empty()) {
-          std::sort(ids.begin(), ids.end());
           MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
           // This item's table row again, after the wait for its earlier upload (a sync, or the one
           // below: uploads of one row are ordered on the stream and read from distinct staging).
@@ -1072,11 +1094,14 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
               ids.push_back(blk);
             }
           }
-          if (ids.empty()) continue;
           std::sort(ids.begin(), ids.end());
-          MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
-          int32_t* table = lm + off_tables + b * stride;
-          for (size_t i = 0; i < ids.size(); ++i) table[ids[i]] = slots[i];
+          auto& r = *static_cast<SeqRepr*>(items[p.item].seq->cuda_repr_.get());
+          if (!ids.empty()) {
+            MNEMO_RETURN_IF_ERROR(store_->acquire(items[p.item].seq->id_, int(l), ids, &slots));
+            int32_t* table = lm + off_tables + b * stride;
+            for (size_t i = 0; i < ids.size(); ++i) table[ids[i]] = slots[i];
+          }
+          MNEMO_RETURN_IF_ERROR(remember_and_prefetch(r, items[p.item].seq->id_, l, ids, p.num_blocks));
         }
         // The tables again (the first upload is done: the stream was just synchronised).
         MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ldm + off_tables, lm + off_tables, sizeof(int32_t) * num_items * stride,

@@ -152,13 +152,14 @@ int main(int argc, char** argv) {
 
   std::string tokens;
   for (size_t i = 0; i < generated.size(); ++i) tokens += (i ? "," : "") + std::to_string(generated[i]);
-  char buf[2048];
+  char buf[4096];
   std::snprintf(buf, sizeof buf,
                 "{\"label\": \"%s\", \"device\": \"%s\", \"context\": %lld, \"sparse\": %s, \"kv_budget_tokens\": %lld, "
                 "\"kv_budget_gib\": %.3f, \"resident_gib\": %.3f, \"load_s\": %.2f, \"fill_tok_s\": %.0f, "
                 "\"prefill_tok_s\": %.1f, \"decode_ms_median\": %.3f, \"decode_ms_p90\": %.3f, \"decode_tok_s\": %.2f, "
                 "\"gpu_hit_rate\": %.4f, \"gpu_hits\": %lld, \"gpu_misses\": %lld, \"host_hits\": %lld, \"disk_reads\": %lld, "
-                "\"bytes_host_to_gpu\": %lld, \"gpu_evictions\": %lld, \"stall_s\": %.4f, \"tokens\": [%s]}",
+                "\"bytes_host_to_gpu\": %lld, \"gpu_evictions\": %lld, \"prefetched_blocks\": %lld, \"prefetch_hits\": %lld, "
+                "\"stall_s\": %.4f, \"tokens\": [%s]}",
                 o.label.c_str(), o.device.c_str(), static_cast<long long>(o.context), config.sparse ? "true" : "false",
                 static_cast<long long>(mo.kv_budget_tokens), double(mo.kv_budget_tokens) * token_bytes / (1 << 30),
                 double(resident_bytes) / (1 << 30), load_s, o.context / std::max(fill_s, 1e-9),
@@ -167,7 +168,8 @@ int main(int argc, char** argv) {
                 static_cast<long long>(disk_reads),
                 static_cast<long long>(after.bytes_host_to_gpu - before.bytes_host_to_gpu),
                 static_cast<long long>(after.gpu_evictions - before.gpu_evictions),
-                after.stall_seconds - before.stall_seconds, tokens.c_str());
+                static_cast<long long>(after.prefetched_blocks - before.prefetched_blocks),
+                static_cast<long long>(after.prefetch_hits - before.prefetch_hits), after.stall_seconds - before.stall_seconds, tokens.c_str());
   std::printf("%s\n", buf);
   if (!o.json.empty()) std::ofstream(o.json) << buf << "\n";
   return 0;

@@ -99,13 +99,13 @@ if has long; then
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {r["label"]: r for r in rows}
-print("| context | GPU KV | decode ms/token (median) | tok/s | vs resident | GPU hit rate | host hits | MB host->GPU per token |")
-print("|---|---|---|---|---|---|---|---|")
+print("| context | GPU KV | decode ms/token (median) | tok/s | vs resident | GPU hit rate | host hits | prefetch hits | MB host->GPU per token |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     res = by.get(r["label"].split("_")[0] + "_resident")
     ratio = r["decode_tok_s"] / res["decode_tok_s"] if res else float("nan")
-    print("| %d | %s | %.2f | %.1f | %.2fx | %.3f | %d | %.1f |" % (r["context"], "%.2f GiB" % r["kv_budget_gib"],
-          r["decode_ms_median"], r["decode_tok_s"], ratio, r["gpu_hit_rate"], r["host_hits"],
+    print("| %d | %s | %.2f | %.1f | %.2fx | %.3f | %d | %d | %.1f |" % (r["context"], "%.2f GiB" % r["kv_budget_gib"],
+          r["decode_ms_median"], r["decode_tok_s"], ratio, r["gpu_hit_rate"], r["host_hits"], r.get("prefetch_hits", 0),
           r["bytes_host_to_gpu"] / 1e6 / max(1, len(r["tokens"]))))
 PY
 fi
