@@ -459,7 +459,6 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     int64_t first_sparse = 0;  // rows [first_sparse, n) are sparse queries
     int64_t sel_row0 = 0;      // first row of this item's sparse queries in the selection buffers
     int64_t repr_from = 0;     // first token a new window (either tier) reads
-    int64_t rope_offset = 0;   // bounded: keys and queries rotated at index - rope_offset
     int64_t first_mem = 0;     // bounded: rows [first_mem, n) have a memory partial (t >= W)
     bool sparse_memory = false;
   };
@@ -474,7 +473,6 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     p.first_block = c.sliding_window > 0 ? std::max<int64_t>(0, p.pos0 - c.sliding_window + 1) / bt : 0;
     p.first_sparse = p.n;
     if (bounded) {
-      p.rope_offset = std::max<int64_t>(0, p.pos0 - window + 1) / bt * bt;
       p.first_block = std::max<int64_t>(0, p.pos0 - window + 1) / bt;
       p.first_mem = std::clamp<int64_t>(window - p.pos0, 0, p.n);
       p.sparse_memory = sparse && p.first_mem < p.n && use_sparse(p.pos0 + p.first_mem + 1, sp);
@@ -515,8 +513,11 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   const int64_t max_len = *std::max_element(max_kv, max_kv + 4);
   int64_t table_len = max_len;
   if (bounded) {
-    table_len = window + 1;
-    for (const Plan& p : plans) table_len = std::max(table_len, p.pos0 + p.n - p.rope_offset);
+    // The local partial rotates keys and queries at their true indices: only t - j matters to RoPE,
+    // so this equals the CPU's rotation relative to the window's start (which keeps its table at the
+    // window's size) up to float rounding; the device table simply covers the stream. (The dense
+    // kernels build rows by angle addition from the table's first rows: a shifted view would break.)
+    table_len = std::max(max_len, window + 1);
   }
   if (max_len > INT32_MAX) return invalid_argument("CUDA forward: stream length ", max_len, " exceeds 2^31 - 1");
 
@@ -573,8 +574,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   const int64_t off_tokens = 0, off_pos = pad(n), off_rows = off_pos + pad(n), off_kv = off_rows + pad(num_out);
   const int64_t off_pairs = off_kv + pad(num_items), off_indptr = off_pairs + pad(4 * num_items);
   const int64_t off_iota = off_indptr + pad(group_count[2] + 1);  // 0, 1, ..., num_items: decode indptr
-  const int64_t off_rope_pos = off_iota + pad(num_items + 1);  // t - rope_offset (== t unless bounded)
-  const int64_t off_mem_index = off_rope_pos + pad(n);          // bounded: t - W (memory causal bound)
+  const int64_t off_mem_index = off_iota + pad(num_items + 1);  // bounded: t - W (memory causal bound)
   const int64_t off_w_pos = off_mem_index + pad(n);             // bounded: W (the memory query's position)
   const int64_t off_mem_kv = off_w_pos + pad(n);                // bounded: per item, last t - W + 1
   const int64_t off_mem_pairs = off_mem_kv + pad(num_items);    // bounded: per item (0, memory rows)
@@ -594,7 +594,6 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
       for (int64_t t = 0; t < p.n; ++t) {
         hm[off_tokens + p.row0 + t] = items[p.item].tokens[t];
         hm[off_pos + p.row0 + t] = int32_t(p.pos0 + t);
-        hm[off_rope_pos + p.row0 + t] = int32_t(p.pos0 + t - p.rope_offset);
         hm[off_mem_index + p.row0 + t] = int32_t(std::max<int64_t>(0, p.pos0 + t - window));
         hm[off_w_pos + p.row0 + t] = int32_t(window);
       }
@@ -749,7 +748,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
     }
     cuda::RopeQParams rq;
     rq.q = q;
-    rq.positions = bounded ? dm + off_rope_pos : positions;
+    rq.positions = positions;
     rq.cos = rt.cos;
     rq.sin = rt.sin;
     rq.rope_len = st.rope_len;
@@ -819,7 +818,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
       }
     }
     if (bounded) {
-      // Per item: the local partial (keys in the window, rotated relative to rope_offset), then for
+      // Per item: the local partial (keys in the window, true relative distances), then for
       // rows with t >= W the memory partial (all older blocks, or the sparse selection among them;
       // keys un-rotated, the query rotated at W), merged by LSE into attn.
       bf16* q_raw = st.q_nope.as<bf16>();
@@ -831,10 +830,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
       for (int64_t b = 0; b < num_items; ++b) {
         const Plan& p = plans[b];
         const int64_t new_len = p.pos0 + p.n;
-        cuda::RopeTableView local_rope = rt;  // index j reads the table at j - rope_offset
-        local_rope.cos = rt.cos - p.rope_offset * (d / 2);
-        local_rope.sin = rt.sin - p.rope_offset * (d / 2);
-        local_rope.len = rt.len + p.rope_offset;
+        const cuda::RopeTableView& local_rope = rt;
         cuda::PagedKvBf16 ikv = kv;
         ikv.block_tables = tables + b * stride;
         ikv.kv_lens = dm + off_kv + b;
