@@ -420,6 +420,9 @@ Result<std::unique_ptr<LlamaModel::CudaState>> LlamaModel::make_cuda_state(const
 void* LlamaModel::cuda_stream_of(CudaState&) { return nullptr; }
 Result<std::shared_ptr<void>> LlamaModel::clone_cuda_repr(const Sequence&) { return std::shared_ptr<void>(); }
 Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem>) { return invalid_argument("this build has no CUDA backend"); }
+Status LlamaModel::forward_chunks_cuda_step(std::span<ChunkItem>) {
+  return invalid_argument("this build has no CUDA backend");
+}
 Status LlamaModel::fill_synthetic_kv_cuda(Sequence&, int64_t, uint64_t) {
   return invalid_argument("this build has no CUDA backend");
 }

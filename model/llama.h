@@ -144,6 +144,7 @@ class LlamaModel {
   // A device copy of `parent`'s representatives for a fork (null when it has none).
   Result<std::shared_ptr<void>> clone_cuda_repr(const Sequence& parent);
   Status forward_chunks_cuda(std::span<ChunkItem> items);
+  Status forward_chunks_cuda_step(std::span<ChunkItem> items);
   Status fill_synthetic_kv_cuda(Sequence& seq, int64_t tokens, uint64_t seed);
 
   ModelConfig config_;

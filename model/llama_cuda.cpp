@@ -415,6 +415,36 @@ Result<std::shared_ptr<void>> LlamaModel::clone_cuda_repr(const Sequence& parent
 }
 
 Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
+  // A failed step leaves every sequence at its length (forward() hands the reservations back); the
+  // representatives it computed for tokens that were not committed are forgotten too, so a retry
+  // with other tokens recomputes those windows.
+  std::vector<std::vector<int64_t>> counts(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (const auto* r = static_cast<const SeqRepr*>(items[i].seq->cuda_repr_.get())) {
+      for (const auto* tiers : {&r->t1, &r->t2}) {
+        for (const SeqRepr::Tier& t : *tiers) counts[i].push_back(t.num_compressed);
+      }
+    }
+  }
+  std::vector<int64_t> lengths(items.size());
+  for (size_t i = 0; i < items.size(); ++i) lengths[i] = items[i].seq->length();
+  Status s = forward_chunks_cuda_step(items);
+  for (size_t i = 0; i < items.size() && !s.ok(); ++i) {
+    if (items[i].seq->length() != lengths[i]) continue;  // committed (per-item fallback): keeps its windows
+    if (counts[i].empty()) {
+      items[i].seq->cuda_repr_.reset();  // made by this step: nothing of it is committed
+      continue;
+    }
+    auto* r = static_cast<SeqRepr*>(items[i].seq->cuda_repr_.get());
+    size_t k = 0;
+    for (auto* tiers : {&r->t1, &r->t2}) {
+      for (SeqRepr::Tier& t : *tiers) t.num_compressed = std::min(t.num_compressed, counts[i][k++]);
+    }
+  }
+  return s;
+}
+
+Status LlamaModel::forward_chunks_cuda_step(std::span<ChunkItem> items) {
   CudaForwardState& st = state_of(*cuda_);
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
@@ -427,9 +457,8 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   const SparseParams sp = sparse ? to_sparse_params(*sparse_) : SparseParams{};
   const bool approx = sparse && options_.approximate_selection_lse;
   const int max_sel = sparse ? max_selected_blocks(sp) : 0;
-  // The bounded policy (llama_bounded.cpp): a local window with true distances (keys and queries
-  // rotated relative to a block-aligned offset) plus a memory partial (un-rotated keys, the query at
-  // distance W), joined by their LSE. Each item runs its own launches (offsets differ per item).
+  // The bounded policy (llama_bounded.cpp): a local window with true distances plus a memory partial
+  // (un-rotated keys, the query at distance W), joined by their LSE; each item runs its own launches.
   const bool bounded = options_.positions == PositionPolicy::kBounded;
   const int64_t window = bounded ? bounded_window() : 0;
 
@@ -443,7 +472,7 @@ Status LlamaModel::forward_chunks_cuda(std::span<ChunkItem> items) {
   }
   for (size_t i = 1; i < items.size(); ++i) {
     if (ropes[i].inv_freq != ropes[0].inv_freq || ropes[i].scale != ropes[0].scale) {
-      for (ChunkItem& it : items) MNEMO_RETURN_IF_ERROR(forward_chunks_cuda(std::span<ChunkItem>(&it, 1)));
+      for (ChunkItem& it : items) MNEMO_RETURN_IF_ERROR(forward_chunks_cuda_step(std::span<ChunkItem>(&it, 1)));
       return Status::Ok();
     }
   }
