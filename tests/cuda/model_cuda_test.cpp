@@ -123,6 +123,33 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CudaFixture);
 
 const char* kTinyModel = "models/tiny";
 
+// Sequences prefilled with prompt_lens[i] random tokens each, then one forward_batch appending
+// step_lens[i] more to each (decode tokens and chunks mixed); logits[i] is item i's last row.
+struct MixedBatch {
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  std::vector<std::vector<int32_t>> streams;
+  std::vector<Tensor> logits;
+};
+void run_mixed_batch(LlamaModel& m, const std::vector<int64_t>& prompt_lens, const std::vector<int64_t>& step_lens,
+                     uint32_t seed, MixedBatch* out) {
+  for (size_t i = 0; i < prompt_lens.size(); ++i) {
+    out->streams.push_back(testing_util::random_tokens(prompt_lens[i] + step_lens[i], seed + uint32_t(i), 4096));
+    auto s = m.new_sequence();
+    ASSERT_TRUE(s.ok());
+    Tensor ignored;
+    ASSERT_TRUE(m.forward(**s, std::span(out->streams[i]).first(prompt_lens[i]), &ignored).ok());
+    out->seqs.push_back(std::move(*s));
+  }
+  out->logits.resize(prompt_lens.size());
+  std::vector<LlamaModel::BatchItem> batch;
+  for (size_t i = 0; i < prompt_lens.size(); ++i) {
+    batch.push_back({out->seqs[i].get(), std::span(out->streams[i]).subspan(prompt_lens[i], step_lens[i]),
+                     &out->logits[i]});
+  }
+  const Status s = m.forward_batch(batch);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+}
+
 // A batch mixing decode tokens and prefill chunks of different sequences gives each sequence the
 // logits it gets alone (within bf16: the GEMMs see other row counts).
 TEST(CudaModel, MixedBatchMatchesSequencesAlone) {
@@ -132,23 +159,11 @@ TEST(CudaModel, MixedBatchMatchesSequencesAlone) {
   ASSERT_TRUE(gpu && cpu);
   const std::vector<int64_t> prompt_lens = {70, 1, 129, 300};
   const std::vector<int64_t> step_lens = {1, 1, 37, 1};
-  std::vector<std::unique_ptr<Sequence>> seqs;
-  std::vector<std::vector<int32_t>> streams;
-  for (size_t i = 0; i < prompt_lens.size(); ++i) {
-    streams.push_back(testing_util::random_tokens(prompt_lens[i] + step_lens[i], 100 + uint32_t(i), 4096));
-    auto s = gpu->new_sequence();
-    ASSERT_TRUE(s.ok());
-    Tensor ignored;
-    ASSERT_TRUE(gpu->forward(**s, std::span(streams[i]).first(prompt_lens[i]), &ignored).ok());
-    seqs.push_back(std::move(*s));
-  }
-  std::vector<Tensor> logits(prompt_lens.size());
-  std::vector<LlamaModel::BatchItem> batch;
-  for (size_t i = 0; i < prompt_lens.size(); ++i) {
-    batch.push_back({seqs[i].get(), std::span(streams[i]).subspan(prompt_lens[i], step_lens[i]), &logits[i]});
-  }
-  const Status s = gpu->forward_batch(batch);
-  ASSERT_TRUE(s.ok()) << s.to_string();
+  MixedBatch mb;
+  ASSERT_NO_FATAL_FAILURE(run_mixed_batch(*gpu, prompt_lens, step_lens, 100, &mb));
+  auto& seqs = mb.seqs;
+  auto& streams = mb.streams;
+  auto& logits = mb.logits;
   for (size_t i = 0; i < prompt_lens.size(); ++i) {
     EXPECT_EQ(seqs[i]->length(), prompt_lens[i] + step_lens[i]);
     auto alone = cpu->new_sequence();
@@ -304,23 +319,10 @@ TEST(CudaSparseModel, MixedBatchMatchesSequencesAlone) {
   ASSERT_TRUE(gpu);
   const std::vector<int64_t> prompt_lens = {100, 700, 600, 300, 1000};
   const std::vector<int64_t> step_lens = {1, 1, 50, 400, 30};  // groups: dense decode, sparse decode, chunks
-  std::vector<std::unique_ptr<Sequence>> seqs;
-  std::vector<std::vector<int32_t>> streams;
-  for (size_t i = 0; i < prompt_lens.size(); ++i) {
-    streams.push_back(testing_util::random_tokens(prompt_lens[i] + step_lens[i], 300 + uint32_t(i), 4096));
-    auto s = gpu->new_sequence();
-    ASSERT_TRUE(s.ok());
-    Tensor ignored;
-    ASSERT_TRUE(gpu->forward(**s, std::span(streams[i]).first(prompt_lens[i]), &ignored).ok());
-    seqs.push_back(std::move(*s));
-  }
-  std::vector<Tensor> logits(prompt_lens.size());
-  std::vector<LlamaModel::BatchItem> batch;
-  for (size_t i = 0; i < prompt_lens.size(); ++i) {
-    batch.push_back({seqs[i].get(), std::span(streams[i]).subspan(prompt_lens[i], step_lens[i]), &logits[i]});
-  }
-  const Status s = gpu->forward_batch(batch);
-  ASSERT_TRUE(s.ok()) << s.to_string();
+  MixedBatch mb;
+  ASSERT_NO_FATAL_FAILURE(run_mixed_batch(*gpu, prompt_lens, step_lens, 300, &mb));
+  auto& streams = mb.streams;
+  auto& logits = mb.logits;
   for (size_t i = 0; i < prompt_lens.size(); ++i) {
     auto alone = gpu->new_sequence();
     Tensor ignored, want;
