@@ -8,10 +8,13 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <thread>
 
 #include "core/log.h"
 #include "memory/checksum.h"
@@ -87,6 +90,86 @@ rocksdb::ColumnFamilyOptions meta_family_options() {
   return cf;
 }
 
+// A fixed set of worker threads that run `fn(0 .. tasks-1)` together with the caller; run() returns
+// when every task is done. One run at a time (run() calls are serialised).
+class ReadPool {
+ public:
+  explicit ReadPool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { loop(); });
+  }
+  ~ReadPool() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+  ReadPool(const ReadPool&) = delete;
+  ReadPool& operator=(const ReadPool&) = delete;
+
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(size_t tasks, const std::function<void(size_t)>& fn) {
+    std::lock_guard<std::mutex> one_run(run_mu_);
+    if (workers_.empty() || tasks <= 1) {
+      for (size_t i = 0; i < tasks; ++i) fn(i);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      fn_ = &fn;
+      tasks_ = tasks;
+      next_ = 0;
+      done_ = 0;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return done_ == tasks_; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      const std::function<void(size_t)>* fn = nullptr;
+      size_t i = 0;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (next_ >= tasks_) return;
+        i = next_++;
+        fn = fn_;
+      }
+      (*fn)(i);
+      std::lock_guard<std::mutex> l(mu_);
+      if (++done_ == tasks_) done_cv_.notify_all();
+    }
+  }
+  void loop() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      wake_.wait(l, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      l.unlock();
+      work();
+      l.lock();
+    }
+  }
+
+  std::mutex run_mu_;
+  std::mutex mu_;
+  std::condition_variable wake_, done_cv_;
+  const std::function<void(size_t)>* fn_ = nullptr;
+  size_t tasks_ = 0, next_ = 0, done_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
 }  // namespace
 
 std::string to_string(const BlockKey& key) {
@@ -137,8 +220,10 @@ struct DiskTier::Impl {
   rocksdb::ColumnFamilyHandle* repr = nullptr;
   rocksdb::ColumnFamilyHandle* meta = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  std::unique_ptr<ReadPool> pool;  // joined before the DB closes
 
   ~Impl() {
+    pool.reset();
     if (!db) return;
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
     db->Close().PermitUncheckedError();
@@ -149,6 +234,9 @@ DiskTier::DiskTier(DiskTierOptions options) : options_(std::move(options)), impl
 DiskTier::~DiskTier() = default;
 
 Result<std::unique_ptr<DiskTier>> DiskTier::open(const DiskTierOptions& options) {
+  if (options.read_threads < 0) {
+    return invalid_argument("KV store: disk_read_threads is ", options.read_threads, ", expected >= 0 (0 = default)");
+  }
   auto tier = std::unique_ptr<DiskTier>(new DiskTier(options));
   std::error_code ec;
   std::filesystem::create_directories(options.dir, ec);
@@ -181,6 +269,9 @@ Result<std::unique_ptr<DiskTier>> DiskTier::open(const DiskTierOptions& options)
     if (names[i] == "repr") tier->impl_->repr = tier->impl_->handles[i];
     if (names[i] == "meta") tier->impl_->meta = tier->impl_->handles[i];
   }
+  int threads = options.read_threads;
+  if (threads == 0) threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  tier->impl_->pool = std::make_unique<ReadPool>(threads);
   return tier;
 }
 
@@ -201,8 +292,10 @@ Status DiskTier::write_blocks(std::span<const BlockWrite> blocks, int64_t block_
   return from_rocks(impl_->db->Write(wo, &batch), detail::str_cat("writing ", blocks.size(), " KV blocks"));
 }
 
+int DiskTier::read_threads() const { return impl_->pool->threads(); }
+
 Status DiskTier::read_blocks(std::span<const BlockKey> keys, int64_t block_bytes,
-                             const std::function<void(std::span<const char* const>)>& use) {
+                             const std::function<void(std::span<void*>)>& place) {
   const size_t n = keys.size();
   if (n == 0) return Status::Ok();
   std::vector<std::string> key_bytes(n);
@@ -213,19 +306,43 @@ Status DiskTier::read_blocks(std::span<const BlockKey> keys, int64_t block_bytes
   }
   std::vector<rocksdb::PinnableSlice> values(n);
   std::vector<rocksdb::Status> statuses(n);
-  rocksdb::ReadOptions ro;
-  ro.verify_checksums = true;
-  impl_->db->MultiGet(ro, impl_->kv, n, slices.data(), values.data(), statuses.data());
-  std::vector<const char*> blocks(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (statuses[i].IsNotFound()) {
-      return corruption("kv block ", to_string(keys[i]), " is recorded durable but missing from ", dir());
+  // Contiguous shares, one per thread: share t is keys [t * n / shares, (t + 1) * n / shares).
+  const size_t shares = std::min(n, static_cast<size_t>(impl_->pool->threads()));
+  auto begin = [&](size_t t) { return t * n / shares; };
+  // Per share: the first failing key (n = none) and its error.
+  std::vector<size_t> failed_at(shares, n);
+  std::vector<Status> failure(shares);
+  impl_->pool->run(shares, [&](size_t t) {
+    const size_t b = begin(t), e = begin(t + 1);
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = true;
+    impl_->db->MultiGet(ro, impl_->kv, e - b, slices.data() + b, values.data() + b, statuses.data() + b);
+    for (size_t i = b; i < e; ++i) {
+      Status s;
+      if (statuses[i].IsNotFound()) {
+        s = corruption("kv block ", to_string(keys[i]), " is recorded durable but missing from ", dir());
+      } else {
+        s = from_rocks(statuses[i], "reading kv block " + to_string(keys[i]));
+        if (s.ok()) s = verify_block_value(keys[i], values[i].data(), values[i].size(), block_bytes);
+      }
+      if (!s.ok()) {
+        failed_at[t] = i;
+        failure[t] = std::move(s);
+        return;
+      }
     }
-    MNEMO_RETURN_IF_ERROR(from_rocks(statuses[i], "reading kv block " + to_string(keys[i])));
-    MNEMO_RETURN_IF_ERROR(verify_block_value(keys[i], values[i].data(), values[i].size(), block_bytes));
-    blocks[i] = values[i].data() + kBlockValueHeaderBytes;
+  });
+  // Shares are contiguous in key order: the first share that failed has the first failing key.
+  for (size_t t = 0; t < shares; ++t) {
+    if (failed_at[t] < n) return failure[t];
   }
-  use(blocks);
+  std::vector<void*> dst(n, nullptr);
+  place(dst);
+  impl_->pool->run(shares, [&](size_t t) {
+    for (size_t i = begin(t), e = begin(t + 1); i < e; ++i) {
+      std::memcpy(dst[i], values[i].data() + kBlockValueHeaderBytes, static_cast<size_t>(block_bytes));
+    }
+  });
   return Status::Ok();
 }
 

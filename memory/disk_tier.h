@@ -52,6 +52,9 @@ constexpr size_t kBlockValueHeaderBytes = 8;
 struct DiskTierOptions {
   std::string dir;           // created when missing
   bool sync_writes = false;  // WriteOptions.sync for block writes
+  // Threads that read a batch of blocks (read_blocks): the caller plus read_threads - 1 owned by the
+  // tier. 0 = min(8, hardware threads); 1 = the caller alone (one MultiGet). Negative: kInvalidArgument.
+  int read_threads = 0;
   // Test only: called before every write; a non-OK Status fails it as a RocksDB error would.
   std::function<Status()> inject_write_error;
 };
@@ -72,11 +75,16 @@ class DiskTier {
   // Writes blocks and their index markers in one WriteBatch. On error nothing was written.
   Status write_blocks(std::span<const BlockWrite> blocks, int64_t block_bytes);
 
-  // Reads `keys` with one MultiGet and checks every value; only when all are good, calls `use` once
-  // with each block's bytes in key order (valid during the call). A missing block is kCorruption
-  // (the caller only asks for blocks it knows durable).
+  // Reads `keys` split into contiguous shares, one per read thread (the caller runs one and waits for
+  // the rest); each thread does one MultiGet of its share and checks every value. Only when all are
+  // good, calls `place` once on the caller's thread, which sets a destination of block_bytes for
+  // every key (`dst[i]` for `keys[i]`); then the threads copy their shares' bytes there and the call
+  // returns when every copy is done (nothing can fail after `place`). Otherwise returns the error of
+  // the first failing key in key order, without calling `place`. A missing block is kCorruption (the
+  // caller only asks for blocks it knows durable).
   Status read_blocks(std::span<const BlockKey> keys, int64_t block_bytes,
-                     const std::function<void(std::span<const char* const> blocks)>& use);
+                     const std::function<void(std::span<void*> dst)>& place);
+  int read_threads() const;
 
   // Blocks [first, end) of (seq, layer) present on disk, counted from `first` up to the first gap.
   Result<uint32_t> count_present(uint64_t seq, uint32_t layer, uint32_t first, uint32_t end);

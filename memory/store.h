@@ -63,6 +63,12 @@ struct KvStoreOptions {
   int64_t host_budget_bytes = int64_t{8} << 30;  // host tier bytes. Default: 8 GiB
   std::string data_dir;            // RocksDB directory; empty = no disk tier. Default: empty
   bool sync_writes = false;        // fsync every disk write (WAL sync). Default: false (WAL on, no fsync)
+  // Threads that read one acquire's disk misses: the batch is split into contiguous shares, each read
+  // with one MultiGet, checked (crc32c) and copied into its host slots by one thread; the caller runs
+  // one share and waits for the rest (errors as with one thread: the first failing block in request
+  // order, nothing loaded). 1 = the caller alone. Negative: kInvalidArgument at open.
+  // Default: 0 = min(8, hardware threads).
+  int disk_read_threads = 0;
   // The model's identity (architecture, shapes, dtype, rope settings, weights hash). A data_dir
   // written under another fingerprint is refused with an error naming both. Default: empty = unchecked.
   std::string fingerprint;

@@ -78,6 +78,7 @@ Status TieredStore::init() {
   if (!options_.data_dir.empty()) {
     MNEMO_ASSIGN_OR_RETURN(disk_, DiskTier::open({.dir = options_.data_dir,
                                                   .sync_writes = options_.sync_writes,
+                                                  .read_threads = options_.disk_read_threads,
                                                   .inject_write_error = options_.inject_disk_write_error}));
     MNEMO_RETURN_IF_ERROR(check_identity());
     MNEMO_RETURN_IF_ERROR(load_registry());

@@ -329,16 +329,17 @@ Status TieredStore::acquire(SequenceId seq, int layer, std::span<const int64_t> 
     MNEMO_RETURN_IF_ERROR(mover_->wait());
     std::vector<BlockKey> keys;
     for (size_t i : disk_misses) keys.push_back(blocks_[ids[i]].key);
-    // The disk → host copies happen only after every value passed its checks.
-    MNEMO_RETURN_IF_ERROR(disk_->read_blocks(keys, slot_bytes_, [&](std::span<const char* const> data) {
+    // Host slots are taken (and the disk → host copies made, by the read threads while this thread
+    // holds the lock and waits) only after every value passed its checks.
+    MNEMO_RETURN_IF_ERROR(disk_->read_blocks(keys, slot_bytes_, [&](std::span<void*> dst) {
       make_host_room(num_disk, /*skip_stamped=*/true);
       for (size_t j = 0; j < disk_misses.size(); ++j) {
         const BlockId id = ids[disk_misses[j]];
         blocks_[id].host_slot = host_->take_free(id);
-        std::memcpy(host_->slot(blocks_[id].host_slot), data[j], static_cast<size_t>(slot_bytes_));
-        host_->set_droppable(blocks_[id].host_slot);
+        dst[j] = host_->slot(blocks_[id].host_slot);
       }
     }));
+    for (size_t i : disk_misses) host_->set_droppable(blocks_[ids[i]].host_slot);
     m_.disk_reads += num_disk;
     m_.bytes_disk_to_host += num_disk * slot_bytes_;
   }

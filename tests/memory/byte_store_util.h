@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -43,6 +44,7 @@ inline KvStoreOptions byte_options(const KvLayout& layout, int64_t gpu_slots, in
   o.gpu_budget_bytes = gpu_slots * layout.slot_bytes();
   o.host_budget_bytes = host_slots * layout.slot_bytes();
   o.data_dir = std::move(data_dir);
+  if (const char* v = std::getenv("MNEMO_TEST_DISK_READ_THREADS")) o.disk_read_threads = std::atoi(v);
   return o;
 }
 

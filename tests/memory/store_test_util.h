@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -41,12 +42,20 @@ inline std::string scratch_dir() {
 // 2 layers, 2 kv heads, 4 tokens per block, head_dim 8: 512-byte slots.
 inline KvLayout tiny_layout() { return KvLayout{.num_layers = 2, .num_kv_heads = 2, .block_tokens = 4, .head_dim = 8}; }
 
+// KvStoreOptions::disk_read_threads for the tests' stores: MNEMO_TEST_DISK_READ_THREADS when set
+// (ctest runs memory_test again with 1), else the default (0).
+inline int test_disk_read_threads() {
+  const char* v = std::getenv("MNEMO_TEST_DISK_READ_THREADS");
+  return v ? std::atoi(v) : 0;
+}
+
 inline KvStoreOptions tiny_options(int64_t gpu_slots, int64_t host_slots, std::string data_dir = "") {
   KvStoreOptions o;
   o.layout = tiny_layout();
   o.gpu_budget_bytes = gpu_slots * o.layout.slot_bytes();
   o.host_budget_bytes = host_slots * o.layout.slot_bytes();
   o.data_dir = std::move(data_dir);
+  o.disk_read_threads = test_disk_read_threads();
   return o;
 }
 
