@@ -365,15 +365,7 @@ TEST(CudaBoundedModel, DenseMemoryMatchesCpu) {
 TEST(CudaBoundedModel, SparseMemoryMatchesCpu) {
   SKIP_WITHOUT_GPU();
   ModelOptions o;
-  SparseConfig s;
-  s.kernel_size = 32;
-  s.kernel_stride = 16;
-  s.block_size = 64;
-  s.init_blocks = 1;
-  s.window_size = 256;
-  s.topk = 4;
-  s.dense_len = 512;
-  o.sparse = s;
+  o.sparse = small_sparse(4);
   expect_bounded_matches_cpu(o, 42);
 }
 
