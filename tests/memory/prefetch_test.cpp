@@ -282,63 +282,30 @@ TEST(Prefetch, ForksShareAPrefetchedBlockAndDropsLeaveTheOtherBranchIntact) {
 // acquire-side metric moved, bytes moved = blocks prefetched; every acquire returns the right bytes.
 void run_workload(uint32_t seed, bool with_disk) {
   SCOPED_TRACE("seed " + std::to_string(seed) + (with_disk ? " with disk" : " without disk"));
-  std::mt19937 rng(seed);
-  auto pick = [&](int64_t n) { return static_cast<int64_t>(std::uniform_int_distribution<int64_t>(0, n - 1)(rng)); };
   const std::string dir = with_disk ? scratch_dir() : "";
   const KvStoreOptions options = tiny_options(/*gpu_slots=*/12, /*host_slots=*/with_disk ? 8 : 48, dir);
   auto store = open_store(options);
   ASSERT_TRUE(store);
   const int bt = options.layout.block_tokens;
   const int64_t sb = options.layout.slot_bytes();
-
-  struct Pinned {
-    SequenceId seq;
-    int layer;
-    int64_t block;
-    int32_t slot;
-  };
-  std::map<SequenceId, std::vector<uint32_t>> shadow;
-  std::vector<Pinned> pinned;
-  SequenceId next_id = 1;
-  uint32_t next_tag = 1;
+  memory_test::Workload w(store.get(), options, seed);
+  auto& shadow = w.shadow();
   int64_t prefetch_ops = 0;
-  auto random_seq = [&] {
-    auto it = shadow.begin();
-    std::advance(it, pick(static_cast<int64_t>(shadow.size())));
-    return it->first;
-  };
-  auto random_blocks = [&](int64_t num_blocks, int64_t max_n) {
-    std::vector<int64_t> blocks(static_cast<size_t>(num_blocks));
-    for (int64_t b = 0; b < num_blocks; ++b) blocks[b] = b;
-    std::shuffle(blocks.begin(), blocks.end(), rng);
-    blocks.resize(static_cast<size_t>(1 + pick(std::min(num_blocks, max_n))));
-    return blocks;
-  };
 
   for (int op = 0; op < 500; ++op) {
     SCOPED_TRACE("op " + std::to_string(op));
-    const int64_t kind = pick(100);
+    const int64_t kind = w.pick(100);
     if (shadow.size() < 2 || (kind < 6 && shadow.size() < 4)) {
-      ASSERT_TRUE(store->create_sequence(next_id).ok());
-      shadow[next_id++] = {};
-    } else if (kind < 40) {  // append
-      const SequenceId seq = random_seq();
-      std::vector<uint32_t> tags(static_cast<size_t>(1 + pick(2 * bt + 3)));
-      for (auto& t : tags) t = next_tag++;
-      Status s = append_once(*store, seq, tags);
-      if (s.ok()) {
-        shadow[seq].insert(shadow[seq].end(), tags.begin(), tags.end());
-      } else {
-        ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
-        ASSERT_TRUE(store->reserve(seq, static_cast<int64_t>(shadow[seq].size())).ok());
-      }
+      ASSERT_NO_FATAL_FAILURE(w.create());
+    } else if (kind < 40) {
+      ASSERT_NO_FATAL_FAILURE(w.append());
     } else if (kind < 60) {  // prefetch
-      const SequenceId seq = random_seq();
-      const int64_t num_blocks = (static_cast<int64_t>(shadow[seq].size()) + bt - 1) / bt;
+      const SequenceId seq = w.random_seq();
+      const int64_t num_blocks = w.num_blocks(seq);
       if (num_blocks == 0) continue;
-      std::vector<int64_t> blocks = random_blocks(num_blocks, 16);
-      if (pick(4) == 0) blocks.push_back(blocks.front());  // a duplicate is ignored
-      const int layer = static_cast<int>(pick(options.layout.num_layers));
+      std::vector<int64_t> blocks = w.random_blocks(num_blocks, 16);
+      if (w.pick(4) == 0) blocks.push_back(blocks.front());  // a duplicate is ignored
+      const int layer = w.random_layer();
       const KvStoreMetrics before = store->metrics();
       Status s = store->prefetch(seq, layer, blocks);
       ASSERT_TRUE(s.ok()) << s.to_string();
@@ -354,73 +321,36 @@ void run_workload(uint32_t seed, bool with_disk) {
       ASSERT_LE(after.gpu_evictions - before.gpu_evictions, loaded) << "a prefetch evicts only for its loads";
       ++prefetch_ops;
       // Sometimes the predicted acquire follows at once: the prefetched blocks are hits.
-      if (pick(2) == 0 && loaded > 0) {
-        std::vector<int32_t> slots;
+      if (w.pick(2) == 0 && loaded > 0) {
         blocks.pop_back();  // drop a possible duplicate: acquire refuses them
         if (blocks.empty()) continue;
-        s = store->acquire(seq, layer, blocks, &slots);
-        if (s.ok()) {
+        const size_t pins = w.pinned().size();
+        ASSERT_NO_FATAL_FAILURE(w.acquire(seq, layer, blocks));
+        if (w.pinned().size() > pins) {
           // Every block it loaded is a hit (but the popped last one, which may have been loaded).
           const KvStoreMetrics m = store->metrics();
           ASSERT_GE(m.prefetch_hits - after.prefetch_hits, loaded - 1);
           ASSERT_EQ(m.bytes_host_to_gpu - after.bytes_host_to_gpu, (m.gpu_misses - after.gpu_misses) * sb);
-          for (size_t i = 0; i < blocks.size(); ++i) {
-            ASSERT_EQ(check_block(*store, slots[i], layer, blocks[i], shadow[seq]), "");
-            pinned.push_back({seq, layer, blocks[i], slots[i]});
-          }
-        } else {
-          ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
         }
       }
     } else if (kind < 80) {  // acquire
-      const SequenceId seq = random_seq();
-      const auto& tags = shadow[seq];
-      const int64_t num_blocks = (static_cast<int64_t>(tags.size()) + bt - 1) / bt;
+      const SequenceId seq = w.random_seq();
+      const int64_t num_blocks = w.num_blocks(seq);
       if (num_blocks == 0) continue;
-      const std::vector<int64_t> blocks = random_blocks(num_blocks, 6);
-      const int layer = static_cast<int>(pick(options.layout.num_layers));
-      std::vector<int32_t> slots;
-      Status s = store->acquire(seq, layer, blocks, &slots);
-      if (!s.ok()) {
-        ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
-      } else {
-        for (size_t i = 0; i < blocks.size(); ++i) {
-          ASSERT_EQ(check_block(*store, slots[i], layer, blocks[i], tags), "");
-          pinned.push_back({seq, layer, blocks[i], slots[i]});
-        }
-      }
+      ASSERT_NO_FATAL_FAILURE(w.acquire(seq, w.random_layer(), w.random_blocks(num_blocks, 6)));
     } else if (kind < 90) {
-      store->release_all();
-      pinned.clear();
-    } else if (kind < 94) {  // fork
-      const SequenceId parent = random_seq();
-      if (shadow.size() >= 5) continue;
-      Status s = store->fork_sequence(parent, next_id);
-      if (s.ok()) {
-        shadow[next_id] = shadow[parent];
-      } else {
-        ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
-      }
-      ++next_id;
-    } else if (kind < 98) {  // drop
-      const SequenceId seq = random_seq();
-      ASSERT_TRUE(store->drop_sequence(seq).ok());
-      shadow.erase(seq);
-      std::erase_if(pinned, [&](const Pinned& p) { return p.seq == seq; });
+      w.release();
+    } else if (kind < 94) {
+      ASSERT_NO_FATAL_FAILURE(w.fork());
+    } else if (kind < 98) {
+      ASSERT_NO_FATAL_FAILURE(w.drop());
     } else {
-      Status s = store->flush();
-      ASSERT_TRUE(s.ok()) << s.to_string();
+      ASSERT_NO_FATAL_FAILURE(w.flush());
     }
-
+    ASSERT_NO_FATAL_FAILURE(w.check_invariants(12));
     const KvStoreMetrics m = store->metrics();
-    ASSERT_LE(m.gpu_slots_used, m.gpu_slots_total);
-    ASSERT_LE(m.host_slots_used, m.host_slots_total);
-    ASSERT_EQ(m.gpu_slots_total, 12);
     ASSERT_LE(m.prefetch_hits, m.gpu_hits);
     ASSERT_LE(m.prefetch_hits + m.prefetch_unused_evictions, m.prefetched_blocks);
-    for (const Pinned& p : pinned) {
-      ASSERT_EQ(check_block(*store, p.slot, p.layer, p.block, shadow[p.seq]), "") << "pinned block moved";
-    }
   }
   store->release_all();
   EXPECT_GT(prefetch_ops, 50);

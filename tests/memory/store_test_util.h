@@ -1,5 +1,5 @@
-// Helpers for the KV store tests: scratch directories, deterministic block contents, and a shadow
-// check of what acquire() returns.
+// Helpers for the KV store tests: scratch directories, deterministic block contents, a shadow
+// check of what acquire() returns, and a random workload's ops.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -150,5 +152,121 @@ inline std::vector<int64_t> all_blocks(const KvStore& store, int64_t tokens) {
   for (int64_t i = 0; i * store.layout().block_tokens < tokens; ++i) b.push_back(i);
   return b;
 }
+
+// A random workload against a shadow copy of every live sequence's token tags (the random-workload
+// tests of tiered_store and prefetch): each op is one store call plus the checks that hold for it;
+// the caller picks the op mix and checks its own invariants after each op. Ops use gtest ASSERTs:
+// call them through ASSERT_NO_FATAL_FAILURE.
+class Workload {
+ public:
+  struct Pinned {
+    SequenceId seq;
+    int layer;
+    int64_t block;
+    int32_t slot;
+  };
+  Workload(KvStore* store, const KvStoreOptions& options, uint32_t seed)
+      : store_(store), options_(options), rng_(seed), bt_(options.layout.block_tokens) {}
+
+  int64_t pick(int64_t n) { return std::uniform_int_distribution<int64_t>(0, n - 1)(rng_); }
+  std::mt19937& rng() { return rng_; }
+  std::map<SequenceId, std::vector<uint32_t>>& shadow() { return shadow_; }
+  std::vector<Pinned>& pinned() { return pinned_; }
+  SequenceId random_seq() {
+    auto it = shadow_.begin();
+    std::advance(it, pick(static_cast<int64_t>(shadow_.size())));
+    return it->first;
+  }
+  int64_t num_blocks(SequenceId seq) const {
+    return (static_cast<int64_t>(shadow_.at(seq).size()) + bt_ - 1) / bt_;
+  }
+  int random_layer() { return static_cast<int>(pick(options_.layout.num_layers)); }
+  // 1 to min(num_blocks, max_n) distinct blocks in random order.
+  std::vector<int64_t> random_blocks(int64_t num_blocks, int64_t max_n) {
+    std::vector<int64_t> blocks(static_cast<size_t>(num_blocks));
+    for (int64_t b = 0; b < num_blocks; ++b) blocks[b] = b;
+    std::shuffle(blocks.begin(), blocks.end(), rng_);
+    blocks.resize(static_cast<size_t>(1 + pick(std::min(num_blocks, max_n))));
+    return blocks;
+  }
+
+  void create() {
+    ASSERT_TRUE(store_->create_sequence(next_id_).ok());
+    shadow_[next_id_++] = {};
+  }
+  // Appends 1 to 2 blocks + 3 tokens of fresh tags; on kOutOfBudget hands the reservation back as the
+  // engine does after a failed forward.
+  void append() {
+    const SequenceId seq = random_seq();
+    std::vector<uint32_t> tags(static_cast<size_t>(1 + pick(2 * bt_ + 3)));
+    for (auto& t : tags) t = next_tag_++;
+    Status s = append_once(*store_, seq, tags);
+    if (s.ok()) {
+      shadow_[seq].insert(shadow_[seq].end(), tags.begin(), tags.end());
+    } else {
+      ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
+      ASSERT_TRUE(store_->reserve(seq, static_cast<int64_t>(shadow_[seq].size())).ok());
+    }
+    ASSERT_EQ(*store_->length(seq), static_cast<int64_t>(shadow_[seq].size()));
+  }
+  // Acquires `blocks` of (seq, layer): every slot holds its block, and stays pinned until release().
+  void acquire(SequenceId seq, int layer, const std::vector<int64_t>& blocks) {
+    std::vector<int32_t> slots;
+    Status s = store_->acquire(seq, layer, blocks, &slots);
+    if (!s.ok()) {
+      ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
+      return;
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      ASSERT_EQ(check_block(*store_, slots[i], layer, blocks[i], shadow_[seq]), "");
+      pinned_.push_back({seq, layer, blocks[i], slots[i]});
+    }
+  }
+  void release() {
+    store_->release_all();
+    pinned_.clear();
+  }
+  void fork() {
+    const SequenceId parent = random_seq();
+    if (shadow_.size() >= 5) return;
+    Status s = store_->fork_sequence(parent, next_id_);
+    if (s.ok()) {
+      shadow_[next_id_] = shadow_[parent];
+    } else {
+      ASSERT_EQ(s.code(), StatusCode::kOutOfBudget) << s.to_string();
+    }
+    ++next_id_;
+  }
+  void drop() {
+    const SequenceId seq = random_seq();
+    ASSERT_TRUE(store_->drop_sequence(seq).ok());
+    shadow_.erase(seq);
+    std::erase_if(pinned_, [&](const Pinned& p) { return p.seq == seq; });
+  }
+  void flush() {
+    Status s = store_->flush();
+    ASSERT_TRUE(s.ok()) << s.to_string();
+  }
+  // After every op: occupancy within the budgets, and every pinned slot still holds its block.
+  void check_invariants(int64_t gpu_slots) {
+    const KvStoreMetrics m = store_->metrics();
+    ASSERT_LE(m.gpu_slots_used, m.gpu_slots_total);
+    ASSERT_LE(m.host_slots_used, m.host_slots_total);
+    ASSERT_EQ(m.gpu_slots_total, gpu_slots);
+    for (const Pinned& p : pinned_) {
+      ASSERT_EQ(check_block(*store_, p.slot, p.layer, p.block, shadow_[p.seq]), "") << "pinned block moved";
+    }
+  }
+
+ private:
+  KvStore* store_;
+  KvStoreOptions options_;
+  std::mt19937 rng_;
+  int bt_;
+  std::map<SequenceId, std::vector<uint32_t>> shadow_;
+  std::vector<Pinned> pinned_;
+  SequenceId next_id_ = 1;
+  uint32_t next_tag_ = 1;
+};
 
 }  // namespace mnemo::memory_test
